@@ -1,0 +1,57 @@
+"""Saliency preparation: sink masking, automatic sink detection, a feature-only fallback."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def feature_saliency(features: Tensor, frames_per_chunk: int = 16) -> Tensor:
+    """Distinctiveness of each token within its frame: 1 - cos(token, frame mean), in [0, 2].
+
+    For inputs that come without attention (a serving engine hands over the
+    merged embeddings only): tokens unlike the frame's average content score high.
+    """
+    T, L, _ = features.shape
+    out = torch.empty(T, L, dtype=torch.float32, device=features.device)
+    for s in range(0, T, frames_per_chunk):
+        x = features[s : s + frames_per_chunk].float()
+        mean = F.normalize(x.mean(dim=1, keepdim=True), dim=-1)
+        out[s : s + x.shape[0]] = 1.0 - (F.normalize(x, dim=-1) * mean).sum(dim=-1)
+    return out
+
+
+def auto_sinks(saliency: Tensor, z_min: float = 8.0, ratio_min: float = 5.0, max_share: float = 0.05) -> list[int]:
+    """Positions that draw outlying attention in (nearly) every frame: attention sinks.
+
+    Each frame's saliency is divided by its median; a position's typical level is
+    its median over frames. Positions whose typical level is at least
+    ``ratio_min`` times the frame median and a robust z-score of ``z_min`` above
+    the other positions are sinks; at most ``max_share`` of the positions.
+    """
+    T, L = saliency.shape
+    s = saliency.float()
+    rel = s / s.median(dim=1, keepdim=True).values.clamp_min(1e-12)
+    level = rel.median(dim=0).values  # (L,)
+    med = level.median()
+    mad = (level - med).abs().median().clamp_min(1e-6) * 1.4826
+    z = (level - med) / mad
+    cand = ((z > z_min) & (level > ratio_min)).nonzero().flatten()
+    cap = max(1, int(L * max_share))
+    if cand.numel() > cap:
+        cand = cand[torch.topk(z[cand], cap).indices]
+    return sorted(cand.tolist())
+
+
+def mask_sinks(saliency: Tensor, sinks: list[int] | tuple[int, ...]) -> Tensor:
+    """A float32 copy of saliency (T, L) with the sink positions set to 0 in every frame."""
+    out = saliency.float().clone()
+    if len(sinks):
+        L = out.shape[1]
+        bad = [i for i in sinks if not 0 <= i < L]
+        if bad:
+            raise ValueError(
+                f"sink_indices {bad} are outside the frame's {L} positions; use the sinks of this model's grid or 'auto'"
+            )
+        out[:, list(sinks)] = 0
+    return out

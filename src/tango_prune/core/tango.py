@@ -1,0 +1,155 @@
+"""The Tango pipeline over one video: segments -> static/dynamic split -> selection + merging.
+
+``prune_block`` handles N frames x P positions at one ratio; the static part of
+a segment is a one-frame block of its collapsed positions, the dynamic part an
+N-frame block, a one-frame segment a one-frame block.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..config import TangoConfig
+from .select import merge_context, salient_in_frames
+
+
+class Block(NamedTuple):
+    kept: Tensor  # (K,) flat indices into the block's N * P tokens
+    features: Tensor  # (K, D)
+    merged: Tensor  # (K,) bool
+    owner: Tensor  # (N * P,) row of ``kept`` representing each token, -1 if none
+
+
+def _dedupe_rows(idx: Tensor) -> Tensor:
+    """Flatten (N, m) per-frame positions, dropping repeats within a frame (degenerate ties)."""
+    s = idx.sort(dim=1).values
+    keep = torch.ones_like(s, dtype=torch.bool)
+    keep[:, 1:] = s[:, 1:] != s[:, :-1]
+    return s, keep
+
+
+def prune_block(features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, cfg: TangoConfig) -> Block:
+    """Keep ceil(P * ratio) tokens per frame of a block (N, P, D): salient ones plus merged context."""
+    N, P, D = features.shape
+    dev = features.device
+    n = max(1, math.ceil(P * ratio))
+    n_sal = int(n * (1.0 - cfg.context_ratio))
+    n_ctx = n - n_sal
+    flat = features.reshape(N * P, D)
+    rot_flat = rot.reshape(N * P, rot.shape[-1])
+    base = torch.arange(N, device=dev).unsqueeze(1) * P
+
+    kept = [torch.empty(0, dtype=torch.long, device=dev)]
+    feats = [flat[:0]]
+    merged = [torch.zeros(0, dtype=torch.bool, device=dev)]
+    owner = torch.full((N * P,), -1, dtype=torch.long, device=dev)
+    rest = torch.ones(N * P, dtype=torch.bool, device=dev)
+    if n_sal > 0:
+        pos = salient_in_frames(
+            rot, saliency, n_sal, alpha=cfg.alpha, k=cfg.k_neighbors,
+            diverse=cfg.selection == "diverse", block_tokens=cfg.block_tokens,
+        )
+        pos, unique = _dedupe_rows(pos)
+        sal_idx = (pos + base)[unique]
+        kept.append(sal_idx)
+        feats.append(flat[sal_idx])
+        merged.append(torch.zeros(sal_idx.shape[0], dtype=torch.bool, device=dev))
+        rest[sal_idx] = False
+    if n_ctx > 0:
+        pool = rest.nonzero().flatten()
+        budget = n_ctx * N
+        if pool.shape[0] <= budget:
+            kept.append(pool)
+            feats.append(flat[pool])
+            merged.append(torch.zeros(pool.shape[0], dtype=torch.bool, device=dev))
+        elif pool.shape[0] > 0:
+            m = merge_context(
+                flat[pool], rot_flat[pool], budget, beta=cfg.beta, k=cfg.k_neighbors, block_tokens=cfg.block_tokens,
+            )
+            # Row i of m.features belongs to anchor m.anchors[i]; the release writes it at m.rank_order[i].
+            dest = m.anchors if cfg.merge_placement == "anchor" else m.rank_order
+            start = sum(t.shape[0] for t in kept)
+            kept.append(pool[dest])
+            feats.append(m.features)
+            merged.append((m.size > 1) | (dest != m.anchors))
+            owner[pool] = start + m.group
+    kept_t = torch.cat(kept)
+    rows = torch.arange(kept_t.shape[0], device=dev)
+    # Every kept token that is not a merged anchor represents itself.
+    self_rep = owner[kept_t] < 0
+    owner[kept_t[self_rep]] = rows[self_rep]
+    return Block(kept_t, torch.cat(feats), torch.cat(merged), owner)
+
+
+def static_positions(tok_sim: Tensor, sizes: list[int], tau: float) -> list[Tensor]:
+    """Per segment, the (L,) mask of positions similar above tau across all its frames."""
+    masks, a = [], 0
+    for n in sizes:
+        if n > 1:
+            masks.append((tok_sim[a : a + n - 1] > tau).all(dim=0))
+        else:
+            masks.append(torch.zeros(tok_sim.shape[1] if tok_sim.dim() == 2 else 0, dtype=torch.bool, device=tok_sim.device))
+        a += n
+    return masks
+
+
+class Pieces:
+    """Kept rows collected from blocks, with the owner map of the whole video."""
+
+    def __init__(self, num_tokens: int, device) -> None:
+        self.index: list[Tensor] = []
+        self.features: list[Tensor] = []
+        self.merged: list[Tensor] = []
+        self.rows = 0
+        self.owner = torch.full((num_tokens,), -1, dtype=torch.long, device=device)
+
+    def add(self, block: Block, to_global: Tensor, owner_targets: Tensor | None = None) -> None:
+        """Add a block; ``to_global`` maps its local token ids to video ids.
+
+        ``owner_targets`` (n_targets, N*P) lists, for a collapsed static block,
+        every video token each local token stands for.
+        """
+        self.index.append(to_global[block.kept])
+        self.features.append(block.features)
+        self.merged.append(block.merged)
+        rows = torch.where(block.owner >= 0, block.owner + self.rows, block.owner)
+        if owner_targets is None:
+            self.owner[to_global] = rows
+        else:
+            self.owner[owner_targets] = rows.expand_as(owner_targets)
+        self.rows += block.kept.shape[0]
+
+    def finish(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        index = torch.cat(self.index)
+        order = torch.argsort(index)
+        new_row = torch.empty_like(order)
+        new_row[order] = torch.arange(order.shape[0], device=order.device)
+        owner = torch.where(self.owner >= 0, new_row[self.owner.clamp(min=0)], self.owner)
+        return index[order], torch.cat(self.features)[order], torch.cat(self.merged)[order], owner
+
+
+def prune_segment(
+    features: Tensor, rot: Tensor, saliency: Tensor, static: Tensor, n_static: int,
+    offset: int, cfg: TangoConfig, pieces: Pieces,
+) -> None:
+    """Prune one segment (N, L, D) starting at flat token ``offset`` (SPEC steps 3-5)."""
+    N, L, D = features.shape
+    dev = features.device
+    ids = torch.arange(N * L, device=dev) + offset
+    if N == 1 or n_static == 0:
+        pieces.add(prune_block(features, rot, saliency, cfg.retention, cfg), ids)
+        return
+    total = N * L
+    ratio = min(cfg.retention / ((total - (N - 1) * n_static) / total), 1.0)
+    grid_ids = ids.view(N, L)
+    sp = static.nonzero().flatten()
+    mean = features[:, sp].float().mean(dim=0).to(features.dtype)
+    block = prune_block(mean.unsqueeze(0), rot[:1, sp], saliency[:, sp].mean(dim=0, keepdim=True), ratio, cfg)
+    block = block._replace(merged=torch.ones_like(block.merged))  # static tokens carry the segment mean
+    pieces.add(block, grid_ids[0, sp], owner_targets=grid_ids[:, sp])
+    dp = (~static).nonzero().flatten()
+    if dp.numel():
+        pieces.add(prune_block(features[:, dp], rot[:, dp], saliency[:, dp], ratio, cfg), grid_ids[:, dp].flatten())

@@ -1,0 +1,108 @@
+"""prune_video_tokens: Tango over one video, from VideoTokens to Pruned."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .config import SINKS, TangoConfig
+from .core.budget import exact_count, fit_budget
+from .core.saliency import auto_sinks, feature_saliency, mask_sinks
+from .core.segment import consecutive_similarity, fastvid_segments, frame_similarity, holitom_segments
+from .core.strope import resolve_section, rotated_unit_features
+from .core.tango import Pieces, prune_segment, static_positions
+from .types import Pruned, VideoTokens, positions_of
+
+FAST_DIM = 256  # width of the random projection used by similarity="fast"
+
+
+def prepare_saliency(vt: VideoTokens, cfg: TangoConfig) -> tuple[Tensor, str, list[int]]:
+    """Saliency (T, L) float32 with sinks zeroed, where it came from, and the sinks used."""
+    if vt.saliency is None:
+        sal, source = feature_saliency(vt.features), "feature-distinctiveness"
+    else:
+        sal, source = vt.saliency.float(), "given"
+    spec = cfg.sink_indices
+    if spec == "auto":
+        sinks = auto_sinks(sal) if vt.saliency is not None else []
+    elif isinstance(spec, str):
+        sinks = list(SINKS[spec])
+    else:
+        sinks = list(spec)
+    return mask_sinks(sal, sinks), source, sinks
+
+
+def segment_video(vt: VideoTokens, cfg: TangoConfig, tok_sim: Tensor | None) -> list[int]:
+    T = vt.features.shape[0]
+    tau = cfg.resolved_segment_tau
+    if cfg.segment == "holitom":
+        return holitom_segments(tok_sim, tau, cfg.max_segment_frames)
+    if cfg.segment == "fastvid":
+        g = vt.frame_features
+        if g is None:  # the release's fastvid metric for LLaVA: each frame's mean token
+            g = torch.cat([c.float().mean(dim=1) for c in vt.features.split(16)])
+        return fastvid_segments(frame_similarity(g), cfg.fastvid_cuts, tau)
+    return [T]
+
+
+def _projection(dim: int, out_dim: int, device, dtype) -> Tensor:
+    # Fixed seed: the same video always meets the same projection (no RNG in results).
+    g = torch.Generator().manual_seed(20260410 + dim)
+    return (torch.randn(dim, out_dim, generator=g) / math.sqrt(out_dim)).to(device=device, dtype=dtype)
+
+
+def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overrides) -> Pruned:
+    """Tango (arXiv 2604.09547) on one video's tokens; see SPEC-tango.md and README.
+
+    ``overrides`` are TangoConfig fields, e.g. ``prune_video_tokens(vt, retention=0.2)``.
+    """
+    if not isinstance(vt, VideoTokens):
+        raise ValueError(f"vt must be a VideoTokens, got {type(vt).__name__}; wrap your tensors with VideoTokens(...)")
+    cfg = (cfg or TangoConfig()).replace(**overrides) if overrides else (cfg or TangoConfig())
+    feats = vt.features
+    T, L, D = feats.shape
+    _, H, W = vt.grid
+    fast = cfg.similarity == "fast"
+    geo_dim = min(FAST_DIM, D) if fast else D
+    section = resolve_section(geo_dim, cfg.strope_section if not fast else None) if cfg.strope else None
+    sal, source, sinks = prepare_saliency(vt, cfg)
+    times = vt.times()
+    tok_sim = None
+    if cfg.segment == "holitom" or (cfg.static_merge and T > 1):
+        tok_sim = consecutive_similarity(feats)
+    sizes = segment_video(vt, cfg, tok_sim)
+    if cfg.static_merge and T > 1:
+        statics = static_positions(tok_sim, sizes, cfg.static_tau)
+        n_static = torch.stack([s.sum() for s in statics]).tolist()  # one host sync for all segments
+    else:
+        statics, n_static = [None] * len(sizes), [0] * len(sizes)
+    proj = _projection(D, geo_dim, feats.device, torch.bfloat16) if fast else None
+
+    pieces = Pieces(T * L, feats.device)
+    a = 0
+    for n, static, ns in zip(sizes, statics, n_static):
+        seg = feats[a : a + n]
+        geo = (seg.to(torch.bfloat16) @ proj) if fast else seg
+        rot = rotated_unit_features(
+            geo, (H, W), times[a : a + n], section, cfg.base_time, cfg.base_space, rotate=cfg.strope,
+        )
+        prune_segment(seg, rot, sal[a : a + n], static, ns, a * L, cfg, pieces)
+        a += n
+    index, out, merged, owner = pieces.finish()
+    reference_count = int(index.shape[0])
+    if cfg.budget == "exact":
+        target = exact_count(cfg.retention, T * L)
+        index, out, merged, owner = fit_budget(
+            index, out, merged, owner, feats.reshape(T * L, D), sal.flatten(), target,
+        )
+    info = {
+        "method": "tango",
+        "saliency": source,
+        "sinks": sinks,
+        "budget": cfg.budget,
+        "reference_count": reference_count,
+        "static_positions": n_static,
+        "similarity": cfg.similarity,
+    }
+    return Pruned(index, out, positions_of(index, vt.grid), list(sizes), merged, owner, vt.grid, info)

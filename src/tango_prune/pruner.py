@@ -72,6 +72,14 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
     if cfg.segment == "holitom" or (cfg.static_merge and T > 1):
         tok_sim = consecutive_similarity(feats)
     sizes = segment_video(vt, cfg, tok_sim)
+    if cfg.retention >= 1.0:
+        # Keep-all is the identity. (The release would still collapse static positions at 1.0.)
+        index = torch.arange(T * L, device=feats.device)
+        info = {"method": "tango", "saliency": source, "sinks": sinks, "budget": cfg.budget, "identity": True}
+        return Pruned(
+            index, feats.reshape(T * L, D), positions_of(index, vt.grid), list(sizes),
+            torch.zeros(T * L, dtype=torch.bool, device=feats.device), index.clone(), vt.grid, info,
+        )
     if cfg.static_merge and T > 1:
         statics = static_positions(tok_sim, sizes, cfg.static_tau)
         n_static = torch.stack([s.sum() for s in statics]).tolist()  # one host sync for all segments

@@ -5,7 +5,7 @@ import torch
 from tango_prune import TangoConfig, VideoTokens, prune_video_tokens
 from tango_prune.core.density import dpc_knn
 from tango_prune.core.segment import fastvid_segments, holitom_segments
-from tango_prune.core.strope import rotated_unit_features, strope
+from tango_prune.core.strope import grid_coords, rotated_unit_features, strope
 
 from .conftest import golden_dir, load_golden
 
@@ -80,7 +80,7 @@ def test_rotated_features_match_release(name):
     i, p = g["inputs"], g["params"]
     T, H, W = tuple(i["grid"])
     rot = rotated_unit_features(
-        i["features"], (H, W), i["timestamps"], tuple(p["strope_section"]), p["base_time"], p["base_space"]
+        i["features"], W, i["timestamps"], tuple(p["strope_section"]), p["base_time"], p["base_space"]
     )
     torch.testing.assert_close(rot, g["outputs"]["roped_features"], atol=1e-4, rtol=1e-4)
 
@@ -89,9 +89,9 @@ def test_strope_unit():
     g = load_golden("unit_strope.pt")
     x = g["x"]
     T, L, D = x.shape
-    side = int(L**0.5)
-    out = strope(x.view(T, side, side, D), g["timestamps"], tuple(g["strope_section"]), g["base_time"], g["base_space"])
-    torch.testing.assert_close(out.view(T, L, D), g["out"], atol=1e-4, rtol=1e-4)
+    rows, cols = grid_coords(int(L**0.5), torch.arange(L))
+    out = strope(x, g["timestamps"], rows, cols, tuple(g["strope_section"]), g["base_time"], g["base_space"])
+    torch.testing.assert_close(out, g["out"], atol=1e-4, rtol=1e-4)
 
 
 def test_dpc_knn_unit():

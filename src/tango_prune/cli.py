@@ -1,0 +1,164 @@
+"""tango-prune command line. Bad input ends with one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2, not a usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def _retention(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"retention must be a number in (0, 1], got {text!r}") from None
+    if not 0.0 < r <= 1.0:
+        raise argparse.ArgumentTypeError(f"retention must be in (0, 1], got {text}")
+    return r
+
+
+def cmd_bench_pruner(args) -> int:
+    from .bench.pruner import format_table, run_bench
+
+    sims = tuple(s.strip() for s in args.similarity.split(","))
+    bad = [s for s in sims if s not in ("exact", "fast")]
+    if bad:
+        raise UsageError(f"--similarity takes exact and/or fast, got {bad[0]!r}")
+    rows = run_bench(
+        args.frames, args.tokens, args.dim, args.dtype, args.retention, sims, args.repeats,
+        args.release, args.release_max_frames, args.device, progress=not args.quiet,
+    )
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def load_tokens(path: str):
+    """VideoTokens from a torch file holding a dict with features (T, L, D) and optional saliency, grid, timestamps."""
+    import torch
+
+    from .types import VideoTokens
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"no such file: {path}")
+    try:
+        d = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # a corrupt or foreign file: say so in one line
+        raise UsageError(f"cannot read {path} as a torch file: {e.__class__.__name__}") from None
+    if isinstance(d, dict) and "inputs" in d:  # the golden vectors' layout
+        d = d["inputs"]
+    if not isinstance(d, dict) or "features" not in d:
+        raise UsageError(f"{path} must hold a dict with 'features' (T, L, D) and optional 'saliency', 'grid', 'timestamps'")
+    f = d["features"]
+    grid = d.get("grid")
+    if grid is None:
+        side = math.isqrt(f.shape[1]) if f.dim() == 3 else 0
+        if side * side != f.shape[1]:
+            raise UsageError(f"{path}: L={f.shape[1]} is not square; store 'grid' = (T, H, W) in the file")
+        grid = (f.shape[0], side, side)
+    return VideoTokens(f, d.get("saliency"), tuple(grid), d.get("timestamps"))
+
+
+def cmd_prune(args) -> int:
+    from .methods import get_method
+
+    vt = load_tokens(args.file)
+    pruner = get_method(args.method)(retention=args.retention)
+    t = time.perf_counter()
+    out = pruner(vt)
+    sec = time.perf_counter() - t
+    T, L, D = vt.features.shape
+    summary = {
+        "file": args.file, "method": args.method, "retention": args.retention, "frames": T,
+        "tokens_full": T * L, "tokens_kept": out.num_kept, "segments": out.segments,
+        "merged": int(out.merged.sum()), "seconds": sec, "saliency": out.info.get("saliency"),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{args.method} @ {args.retention:g}: kept {out.num_kept} of {T * L} tokens "
+            f"({out.num_kept / (T * L):.1%}) from {T} frames in {sec * 1000:.1f} ms; "
+            f"segments {out.segments}; {summary['merged']} kept tokens carry merged features; saliency: {summary['saliency']}"
+        )
+    return 0
+
+
+def cmd_demo(args, rest: list[str]) -> int:
+    from . import demo
+
+    return demo.main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tango-prune", description="Visual-token pruning for Video LLMs (Tango and peers).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("bench-pruner", help="median time and peak memory of the pruner per video size")
+    b.add_argument("--frames", type=_ints, default=[32, 128], help="comma-separated frame counts")
+    b.add_argument("--tokens", type=int, default=196, help="tokens per frame (a square grid)")
+    b.add_argument("--dim", type=int, default=3584)
+    b.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
+    b.add_argument("--retention", type=_retention, default=0.1)
+    b.add_argument("--similarity", default="exact,fast", help="exact and/or fast")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--release", help="path to a checkout of the authors' release (xjtupanda/Tango) to time side by side")
+    b.add_argument("--release-max-frames", type=int, default=256)
+    b.add_argument("--json", help="write results to this JSON file")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench_pruner)
+
+    r = sub.add_parser("prune", help="prune a saved VideoTokens file and print a summary")
+    r.add_argument("file", help="torch file with a dict: features (T, L, D), saliency, grid, timestamps")
+    r.add_argument("--method", default="tango")
+    r.add_argument("--retention", type=_retention, default=0.1)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_prune)
+
+    d = sub.add_parser("demo", help="decode a real clip, prune its tokens, draw what was kept", add_help=False)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command == "demo":
+            return cmd_demo(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args.func(args)
+    except (UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

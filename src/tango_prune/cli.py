@@ -41,6 +41,8 @@ def _retention(text: str) -> float:
 def cmd_bench_pruner(args) -> int:
     from .bench.pruner import format_table, run_bench
 
+    if len(args.scene_frames) != 2 or args.scene_frames[0] > args.scene_frames[1]:
+        raise UsageError(f"--scene-frames takes MIN,MAX, got {args.scene_frames}")
     sims = tuple(s.strip() for s in args.similarity.split(","))
     bad = [s for s in sims if s not in ("exact", "fast")]
     if bad:
@@ -48,6 +50,7 @@ def cmd_bench_pruner(args) -> int:
     rows = run_bench(
         args.frames, args.tokens, args.dim, args.dtype, args.retention, sims, args.repeats,
         args.release, args.release_max_frames, args.device, progress=not args.quiet,
+        scene_frames=tuple(args.scene_frames), max_segment_frames=args.max_segment_frames,
     )
     print(format_table(rows))
     if args.json:
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--similarity", default="exact,fast", help="exact and/or fast")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--scene-frames", type=_ints, default=[4, 24], help="MIN,MAX frames per synthetic scene")
+    b.add_argument("--max-segment-frames", type=int, default=1024, help="TangoConfig.max_segment_frames")
     b.add_argument("--release", help="path to a checkout of the authors' release (xjtupanda/Tango) to time side by side")
     b.add_argument("--release-max-frames", type=int, default=256)
     b.add_argument("--json", help="write results to this JSON file")

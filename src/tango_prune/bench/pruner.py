@@ -59,6 +59,7 @@ def run_bench(
     frames: list[int], tokens: int = 196, dim: int = 3584, dtype: str = "bf16", retention: float = 0.1,
     similarities: tuple[str, ...] = ("exact", "fast"), repeats: int = 3, release: str | None = None,
     release_max_frames: int = 256, device: str = "cpu", progress: bool = True,
+    scene_frames: tuple[int, int] = (4, 24), max_segment_frames: int = 1024,
 ) -> list[dict]:
     side = math.isqrt(tokens)
     if side * side != tokens:
@@ -75,16 +76,16 @@ def run_bench(
     rows = []
     bar = tqdm(total=len(frames), desc="bench-pruner", disable=not progress)
     for T in frames:
-        vt = synthetic_video(T, side, dim, dtype=DTYPES[dtype])
+        vt = synthetic_video(T, side, dim, dtype=DTYPES[dtype], scene_frames=scene_frames)
         if device != "cpu":
             vt = type(vt)(vt.features.to(device), vt.saliency.to(device), vt.grid, vt.timestamps)
         sinks = {196: "llava-ov", 169: "llava-video"}.get(tokens, ())  # the release's sinks for those grids
-        base_cfg = TangoConfig(retention=retention, sink_indices=sinks)
+        base_cfg = TangoConfig(retention=retention, sink_indices=sinks, max_segment_frames=max_segment_frames)
         input_gb = vt.features.numel() * vt.features.element_size() / 2**30
         ref = None
         for sim in similarities:
             cfg = base_cfg.replace(similarity=sim)
-            sec, out, peak, rise = time_call(lambda: prune_video_tokens(vt, cfg), repeats)
+            sec, out, peak, rise = time_call(lambda vt=vt, cfg=cfg: prune_video_tokens(vt, cfg), repeats)
             ref = out if sim == "exact" else ref
             rows.append(dict(
                 impl="tango-prune", similarity=sim, frames=T, tokens=tokens, dim=dim, dtype=dtype,
@@ -93,7 +94,7 @@ def run_bench(
                 jaccard_vs_exact=None if ref is None else jaccard(out.index, ref.index),
             ))
         if run_release is not None and T <= release_max_frames:
-            sec, kept, peak, rise = time_call(lambda: run_release(vt, base_cfg), repeats)
+            sec, kept, peak, rise = time_call(lambda vt=vt, cfg=base_cfg: run_release(vt, cfg), repeats)
             rows.append(dict(
                 impl="release", similarity="exact", frames=T, tokens=tokens, dim=dim, dtype=dtype,
                 seconds=sec, peak_rss_gb=peak, peak_rise_gb=rise, input_gb=input_gb, kept=int(kept.numel()),
@@ -109,7 +110,9 @@ def run_bench(
 
 def format_table(rows: list[dict]) -> str:
     release = {r["frames"]: r["seconds"] for r in rows if r["impl"] == "release"}
-    head = f"{'impl':<12}{'similarity':<11}{'frames':>7}{'median s':>10}{'vs release':>11}{'peak GB':>9}{'rise GB':>9}{'input GB':>9}{'kept':>8}{'jacc':>7}"
+    head = f"{'impl':<12}{'similarity':<11}{'frames':>7}{'median s':>10}{'vs release':>11}{'peak GB':>9}{'rise GB':>9}"
+    head += f"{'input GB':>9}"
+    head += f"{'kept':>8}{'jacc':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         speed = release.get(r["frames"])

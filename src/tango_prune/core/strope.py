@@ -7,7 +7,6 @@ that keeps clusters compact. Used only for similarity, never fed to the LLM.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 

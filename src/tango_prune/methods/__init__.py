@@ -38,4 +38,4 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import basic, tango  # noqa: E402,F401  (registration)
+from . import basic, holitom, tango  # noqa: E402,F401  (registration)

@@ -1,0 +1,88 @@
+"""What every method shares: budgets, the saliency fallback, and assembling a valid ``Pruned``."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.budget import exact_count
+from ..core.saliency import feature_saliency
+from ..types import Pruned, VideoTokens, positions_of
+
+__all__ = ["check_retention", "exact_count", "finish", "frame_budgets", "saliency_of", "no_options"]
+
+
+def check_retention(retention: float) -> float:
+    try:
+        r = float(retention)
+    except (TypeError, ValueError):
+        raise ValueError(f"retention must be a number in (0, 1], got {retention!r}") from None
+    if not 0.0 < r <= 1.0:
+        raise ValueError(f"retention must be in (0, 1] (share of tokens kept), got {retention}; e.g. retention=0.1")
+    return r
+
+
+def no_options(name: str, opts: dict) -> None:
+    if opts:
+        raise ValueError(f"method {name!r} got unknown options {sorted(opts)}; see help(get_method({name!r}))")
+
+
+def frame_budgets(total: int, frames: int, device=None) -> Tensor:
+    """(frames,) int64 counts summing to ``total``, as even as possible (earlier frames get the remainder)."""
+    base, extra = divmod(total, frames)
+    return torch.full((frames,), base, dtype=torch.long, device=device) + (torch.arange(frames, device=device) < extra)
+
+
+def saliency_of(vt: VideoTokens) -> tuple[Tensor, str]:
+    """(T, L) float32 saliency and its source: the given one, or the feature-only fallback
+    (1 - cosine to the frame's mean token: tokens unlike their frame's average score high)."""
+    if vt.saliency is not None:
+        return vt.saliency.float(), "given"
+    return feature_saliency(vt.features), "feature-distinctiveness"
+
+
+def topk_per_frame(score: Tensor, counts: Tensor) -> Tensor:
+    """Flat indices of the top ``counts[t]`` entries of each row of ``score`` (T, L), vectorised over frames."""
+    T, L = score.shape
+    order = torch.argsort(score, dim=1, descending=True, stable=True)
+    take = torch.arange(L, device=score.device)[None, :] < counts[:, None]
+    rows = torch.arange(T, device=score.device)[:, None].expand(T, L)
+    return (rows[take] * L + order[take]).sort().values
+
+
+def finish(
+    vt: VideoTokens,
+    index: Tensor,
+    *,
+    features: Tensor | None = None,
+    merged: Tensor | None = None,
+    assignment: Tensor | None = None,
+    segments: list[int] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Pruned:
+    """A valid ``Pruned`` from kept flat indices (any order).
+
+    ``features``/``merged`` are per kept row in the order of ``index``; ``assignment`` (T*L,) names
+    rows in that same order (-1: dropped). Defaults: the input features, nothing merged, every kept
+    token represents itself and nothing else. Rows are re-sorted by index and the assignment follows.
+    """
+    T, L, D = vt.features.shape
+    dev = vt.features.device
+    index = index.to(device=dev, dtype=torch.long)
+    order = torch.argsort(index)
+    index = index[order]
+    if features is None:
+        features = vt.features.reshape(T * L, D)[index]
+    else:
+        features = features[order].to(vt.features.dtype)
+    merged = torch.zeros(index.shape[0], dtype=torch.bool, device=dev) if merged is None else merged[order]
+    if assignment is None:
+        assignment = torch.full((T * L,), -1, dtype=torch.long, device=dev)
+        assignment[index] = torch.arange(index.shape[0], device=dev)
+    else:
+        new_row = torch.empty_like(order)
+        new_row[order] = torch.arange(order.shape[0], device=dev)
+        assignment = torch.where(assignment >= 0, new_row[assignment.clamp(min=0)], assignment)
+    return Pruned(index, features, positions_of(index, vt.grid), segments or [T], merged, assignment, vt.grid,
+                  dict(info or {}))

@@ -1,6 +1,8 @@
 """The command line: summaries users read, JSON they parse, one-line errors with exit code 2."""
 import json
 
+import pytest
+
 import torch
 
 from tango_prune.bench.pruner import run_bench
@@ -69,3 +71,24 @@ def test_run_bench_rejects_bad_dtype():
         assert "--dtype" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_compare_json_on_saved_tokens(tmp_path, capsys):
+    f = save_tokens(tmp_path / "v.pt")
+    assert main(["compare", str(f), "--methods", "none,topk,tango,tango:strope=off", "--retention", "0.25", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    rows = {r["method"]: r for r in d["results"]}
+    assert set(rows) == {"none", "topk", "tango", "tango:strope=off"}
+    assert rows["none"]["coverage"] == pytest.approx(1.0, abs=1e-5) and rows["none"]["fragmentation"] is None
+    assert rows["topk"]["tokens_kept"] == 36 and 0 < rows["topk"]["coverage"] < 1
+    assert rows["tango"]["fragmentation"] >= 1.0
+    for r in d["results"]:
+        assert {"method", "retention", "tokens_kept", "tokens_full", "seconds", "coverage", "fragmentation"} <= set(r)
+
+
+def test_compare_errors_are_one_line(tmp_path, capsys):
+    f = save_tokens(tmp_path / "v.pt")
+    one_line_error(capsys, ["compare", str(f), "--methods", "nosuch"], "unknown method")
+    one_line_error(capsys, ["compare", str(f), "--methods", "tango:strope"], "key=value")
+    one_line_error(capsys, ["compare", str(f), "--retention", "0.1,3"], "retention")
+    one_line_error(capsys, ["compare", str(f), "--methods", "tango:nosuch=1"], "nosuch")

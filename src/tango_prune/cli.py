@@ -111,6 +111,32 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def _retentions(text: str) -> list[float]:
+    return [_retention(v) for v in text.split(",") if v.strip()]
+
+
+def cmd_compare(args) -> int:
+    from .eval.compare import compare, format_table, resolve_methods
+    from .video import SAMPLE_CLIPS, pixel_patch_tokens, sample_clip
+
+    methods = resolve_methods(args.methods)
+    if args.file and args.file.lower().endswith(".pt"):
+        vt, source = load_tokens(args.file), args.file
+    else:
+        path = args.file or str(sample_clip(args.clip if args.clip in SAMPLE_CLIPS else "bikes"))
+        _, vt = pixel_patch_tokens(path, args.frames)
+        source = f"{Path(path).name} ({args.frames} frames, pixel-patch tokens)"
+    T, L, D = vt.features.shape
+    if not args.json:
+        print(f"{source}: {T} frames x {L} tokens, D={D}")
+    rows = compare(vt, methods, args.retention, args.repeats, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps({"source": source, "frames": T, "tokens_per_frame": L, "results": rows}))
+    else:
+        print(format_table(rows))
+    return 0
+
+
 def cmd_demo(args, rest: list[str]) -> int:
     from . import demo
 
@@ -144,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retention", type=_retention, default=0.1)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_prune)
+
+    c = sub.add_parser("compare", help="every method side by side: kept, time, coverage, fragmentation")
+    c.add_argument("file", nargs="?", help="saved tokens (.pt, as for prune) or a video file; default: a sample clip")
+    c.add_argument("--clip", default="bikes", help="sample clip when no file is given: bikes, carphone_pristine, bigbuckbunny")
+    c.add_argument("--methods", default="all", help="'all' or names, with options as name:key=value (tango:strope=off)")
+    c.add_argument("--retention", type=_retentions, default=[0.1, 0.2], help="comma-separated, e.g. 0.1,0.2")
+    c.add_argument("--frames", type=int, default=16, help="frames sampled from a video")
+    c.add_argument("--repeats", type=int, default=1)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="decode a real clip, prune its tokens, draw what was kept", add_help=False)
     d.set_defaults(func=cmd_demo)

@@ -49,43 +49,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
-    import torch
-
-    from .eval.fidelity import coverage, fragmentation
+    from .eval.compare import compare, format_table, resolve_methods
     from .methods import get_method
-    from .types import VideoTokens
     from .viz import draw_kept
 
+    methods = resolve_methods(a.methods)
     path = Path(a.video) if a.video else video.sample_clip(a.clip)
     t0 = time.perf_counter()
-    frames, ts = video.read_frames(path, a.frames)
-    frames = video.resize_frames(frames, a.height, a.patch)
-    feats = video.patchify(frames, a.patch)
-    feats = (feats - feats.mean(dim=(0, 1))).to(torch.bfloat16)  # centred, so cosine compares content
-    T, L, D = feats.shape
-    H, W = a.height // a.patch, frames.shape[2] // a.patch
-    vt = VideoTokens(feats, None, (T, H, W), ts)
-    decode_s = time.perf_counter() - t0
-    print(f"{path.name}: {T} frames over {float(ts[-1]):.1f} s, {H}x{W} tokens per frame, {T * L} tokens "
-          f"(pixel-patch features, D={D}; decoded in {decode_s:.2f} s)")
-    rows = []
-    pictures = []
-    for name in [m.strip() for m in a.methods.split(",") if m.strip()]:
-        pruner = get_method(name)(retention=a.retention)
-        pruner(vt)  # warm-up: first call pays for lazy init
-        t = time.perf_counter()
-        out = pruner(vt)
-        sec = time.perf_counter() - t
-        rows.append((name, out.num_kept, out.num_kept / (T * L), sec * 1e3, coverage(vt, out), fragmentation(out),
-                     len(out.segments), out.info.get("saliency", "-")))
-        target = Path(a.output) if len(pictures) == 0 else Path(a.output).with_stem(f"{Path(a.output).stem}-{name}")
-        title = f"{name} @ {a.retention:g} on {path.name}: {out.num_kept} of {T * L} tokens, segments {out.segments}"
-        pictures.append(draw_kept(frames, out, target, title, ts))
-    print(f"{'method':<10} {'kept':>6} {'share':>7} {'ms':>8} {'coverage':>9} {'fragm.':>7} {'segments':>8}  saliency")
-    for n, k, s, ms, cov, frag, nseg, src in rows:
-        print(f"{n:<10} {k:>6} {s:>7.1%} {ms:>8.1f} {cov:>9.3f} {frag:>7.2f} {nseg:>8}  {src}")
-    print("coverage: mean cosine of each token to the kept token standing for it; "
-          "fragmentation: 4-connected pieces per merged cluster and frame (1 = compact)")
-    for p in pictures:
-        print(f"picture: {p.resolve()}")
+    frames, vt = video.pixel_patch_tokens(path, a.frames, a.height, a.patch)
+    T, L, D = vt.features.shape
+    print(f"{path.name}: {T} frames over {float(vt.timestamps[-1]):.1f} s, {vt.grid[1]}x{vt.grid[2]} tokens per frame, "
+          f"{T * L} tokens (pixel-patch features, D={D}; decoded in {time.perf_counter() - t0:.2f} s)")
+    print(format_table(compare(vt, methods, [a.retention])))
+    for i, (label, name, opts) in enumerate(methods):
+        out = get_method(name)(retention=a.retention, **opts)(vt)
+        target = Path(a.output) if i == 0 else Path(a.output).with_stem(f"{Path(a.output).stem}-{name}")
+        title = f"{label} @ {a.retention:g} on {path.name}: {out.num_kept} of {T * L} tokens, segments {out.segments}"
+        print(f"picture: {draw_kept(frames, out, target, title, vt.timestamps).resolve()}")
     return 0

@@ -114,3 +114,19 @@ def resize_frames(frames: Tensor, height: int, patch: int) -> Tensor:
     x = frames.permute(0, 3, 1, 2).float()
     x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def pixel_patch_tokens(path: str | Path, num_frames: int = 16, height: int = 224, patch: int = 16):
+    """A real clip as VideoTokens without any model: sampled frames resized to ``height`` rows, cut into
+    patch x patch RGB patches (3 p^2 values, centred over the clip, bfloat16). A stand-in for a vision
+    tower with the same layout; no attention, so saliency is None. Returns (frames uint8, VideoTokens)."""
+    from .types import VideoTokens
+
+    if height < patch or patch < 1:
+        raise ValueError(f"height ({height}) must be at least patch ({patch}) and patch positive")
+    frames, ts = read_frames(path, num_frames)
+    frames = resize_frames(frames, height, patch)
+    feats = patchify(frames, patch)
+    feats = (feats - feats.mean(dim=(0, 1))).to(torch.bfloat16)  # centred, so cosine compares content
+    T = feats.shape[0]
+    return frames, VideoTokens(feats, None, (T, height // patch, frames.shape[2] // patch), ts)

@@ -12,7 +12,7 @@ from ..core.segment import consecutive_similarity, holitom_segments
 from ..core.tango import static_positions
 from ..types import Pruned, VideoTokens
 from . import register
-from .common import check_retention, exact_count, finish, saliency_of
+from .common import check_retention, exact_count, finish, no_options, saliency_of
 
 
 def density_merge(x: Tensor, n_keep: int, beta: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,7 +66,8 @@ class HoliTom:
     """
 
     def __init__(self, retention: float = 0.1, tau: float = 0.8, beta: float = 0.6, k_neighbors: int = 7,
-                 contextual_ratio: float = 0.0, max_window: int = 1024, budget: str = "reference") -> None:
+                 contextual_ratio: float = 0.0, max_window: int = 1024, budget: str = "reference", **opts) -> None:
+        no_options("holitom", opts)
         self.retention = check_retention(retention)
         if not 0.0 <= contextual_ratio <= 1.0:
             raise ValueError(f"contextual_ratio must be in [0, 1], got {contextual_ratio}")

@@ -7,6 +7,10 @@ from ..types import Pruned, VideoTokens
 
 
 class Pruner(Protocol):
+    """What ``get_method(name)(retention=..., **opts)`` returns. ``exact_budget`` (class attribute, default
+    False) says the method keeps exactly max(1, round(retention * T * L)) tokens; otherwise it keeps at most
+    that plus one per frame and segment part (the rounding up its release does)."""
+
     name: str
 
     def __call__(self, vt: VideoTokens) -> Pruned: ...
@@ -38,4 +42,4 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import basic, holitom, tango  # noqa: E402,F401  (registration)
+from . import basic, dycoke, fastvid, holitom, tango  # noqa: E402,F401  (registration)

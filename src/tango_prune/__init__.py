@@ -1,6 +1,7 @@
 """tango-prune: training-free visual-token pruning for Video LLMs (Tango, arXiv 2604.09547)."""
 from .config import SINKS, TangoConfig
 from .methods import get_method, list_methods, register
+from .models import apply
 from .pruner import prune_video_tokens
 from .types import Pruned, VideoTokens
 
@@ -8,6 +9,7 @@ __all__ = [
     "SINKS",
     "Pruned",
     "TangoConfig",
+    "apply",
     "VideoTokens",
     "get_method",
     "list_methods",

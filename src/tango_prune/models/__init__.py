@@ -1,0 +1,26 @@
+"""Model adapters: ``apply(model, method=..., retention=...)`` makes a stock Hugging Face Video LLM prune."""
+from __future__ import annotations
+
+from .handle import PruneHandle
+
+SUPPORTED = ("LlavaOnevisionForConditionalGeneration",)
+
+
+def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> PruneHandle:
+    """Wrap ``model`` so that its ``generate(...)`` and ``forward(...)`` prune video tokens before the LLM.
+
+    ``opts``: the method's options (e.g. TangoConfig fields), plus adapter options: ``saliency`` (auto,
+    map-head, cls, attention, features) and ``siglip_head`` (a local SigLIP checkpoint dir whose attention-pooling
+    head gives LLaVA-OV's saliency, as in Tango's release). Per call, ``video_timestamps`` (one (T,) tensor of
+    seconds per video) feeds ST-RoPE. Returns a handle; ``handle.remove()`` or ``with apply(...)`` restores the
+    stock model; ``handle.last_stats`` reports the most recent call's counts and times.
+    """
+    name = type(model).__name__
+    if name == "LlavaOnevisionForConditionalGeneration":
+        from .llava_ov import LlavaOnevisionHandle
+
+        return LlavaOnevisionHandle(model, method, retention, **opts)
+    raise ValueError(f"apply() supports {', '.join(SUPPORTED)}; got {name}")
+
+
+__all__ = ["SUPPORTED", "PruneHandle", "apply"]

@@ -1,0 +1,138 @@
+"""The handle ``apply`` returns: it wraps one model instance's ``forward`` and ``generate`` and gives them back.
+
+Nothing of transformers is edited: the stock methods stay on the class; the handle puts two bound callables on
+the instance (shadowing the class's) and ``remove()`` deletes them. Per-request data lives in local variables
+of one call; ``last_stats`` keeps only counts and times of the most recent call, for reporting.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..methods import get_method
+from ..types import Pruned, VideoTokens
+from .sequence import Compacted, compact_video_runs, expand_to_original
+
+_ATTR = "_tango_prune_handle"
+
+
+class PruneHandle:
+    """Base of the per-family adapters. Subclasses implement ``encode`` and ``assemble``."""
+
+    family = "base"
+
+    def __init__(self, model, method: str, retention: float, **method_opts) -> None:
+        if getattr(model, _ATTR, None) is not None:
+            raise ValueError("tango-prune is already applied to this model; call handle.remove() first")
+        self.model = model
+        self.method = method
+        self.retention = retention
+        self.pruner = get_method(method)(retention=retention, **method_opts)
+        self.last_stats: list[dict[str, Any]] = []
+        self._stock_forward = type(model).forward.__get__(model)
+        self._stock_generate = type(model).generate.__get__(model)
+        model.forward = self._forward
+        model.generate = self._generate
+        setattr(model, _ATTR, self)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Give the model back its stock forward and generate."""
+        d = self.model.__dict__
+        for name in ("forward", "generate", _ATTR):
+            d.pop(name, None)
+
+    def __enter__(self) -> PruneHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # -- family hooks ----------------------------------------------------------------------------------------
+    def encode(self, kwargs: dict) -> tuple[list[VideoTokens], list[str]]:
+        """Pop the video inputs from kwargs; return each video's tokens and the saliency source used."""
+        raise NotImplementedError
+
+    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict) -> tuple[dict, list[int], list[int]]:
+        """The stock call's extra kwargs carrying the kept tokens, and per video (full, kept) placeholder counts."""
+        raise NotImplementedError
+
+    def prune_one(self, vt: VideoTokens) -> Pruned:
+        return self.pruner(vt)
+
+    def pad_id(self) -> int:
+        cfg = getattr(self.model.config, "text_config", self.model.config)
+        pad = getattr(cfg, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
+    # -- the wrapped calls -----------------------------------------------------------------------------------
+    def _prepare(self, kwargs: dict) -> tuple[dict, Compacted, Tensor] | None:
+        if not self.has_video(kwargs):
+            return None
+        input_ids = kwargs.pop("input_ids", None)
+        if input_ids is None:
+            raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
+        videos, sources = self.encode(kwargs)
+        kept, stats = [], []
+        for vt, src in zip(videos, sources):
+            t = time.perf_counter()
+            out = self.prune_one(vt)
+            stats.append({"tokens_full": vt.num_tokens, "tokens_kept": out.num_kept, "frames": vt.grid[0],
+                          "saliency": src, "prune_s": time.perf_counter() - t, "segments": len(out.segments)})
+            kept.append(out)
+        extra, full, short = self.assemble(videos, kept, kwargs)
+        c = compact_video_runs(input_ids, kwargs.pop("attention_mask", None), self.video_token_id(), full, short,
+                               self.pad_id())
+        labels = kwargs.pop("labels", None)
+        if labels is not None:
+            lab = torch.full_like(c.input_ids, -100)
+            lab[c.source >= 0] = labels[c.keep]
+            kwargs["labels"] = lab
+        for s, k in zip(stats, short):
+            s["llm_tokens"] = k
+        self.last_stats = stats
+        kwargs.update(extra)
+        kwargs.update(input_ids=c.input_ids, attention_mask=c.attention_mask)
+        return kwargs, c, input_ids
+
+    def has_video(self, kwargs: dict) -> bool:
+        return kwargs.get("pixel_values_videos") is not None
+
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
+    @staticmethod
+    def _positional(args: tuple, kwargs: dict) -> None:
+        if len(args) > 1:
+            raise ValueError("pass model inputs as keywords (input_ids=..., pixel_values_videos=...)")
+        if args:
+            kwargs["input_ids"] = args[0]
+
+    def _forward(self, *args, **kwargs):
+        self._positional(args, kwargs)
+        prep = self._prepare(kwargs)
+        if prep is None:
+            return self._stock_forward(**kwargs)
+        new_kwargs, c, _ = prep
+        out = self._stock_forward(**new_kwargs)
+        if getattr(out, "logits", None) is not None:
+            out.logits = expand_to_original(out.logits, c)
+        return out
+
+    def _generate(self, *args, **kwargs):
+        self._positional(args, kwargs)
+        prep = self._prepare(kwargs)
+        if prep is None:
+            return self._stock_generate(**kwargs)
+        new_kwargs, c, original = prep
+        out = self._stock_generate(**new_kwargs)
+        # callers slice generated tokens as out[:, input_ids.shape[1]:]: keep that contract
+        seq = out if isinstance(out, Tensor) else out.sequences
+        full = torch.cat([original, seq[:, c.input_ids.shape[1] :]], dim=1)
+        if isinstance(out, Tensor):
+            return full
+        out.sequences = full
+        return out

@@ -1,0 +1,121 @@
+"""LLaVA-OneVision / LLaVA-Video (transformers' LlavaOnevisionForConditionalGeneration).
+
+The stock class lays a video out as its T x h x w pooled tokens, frame-major, then one ``image_newline``; its
+positions are 1-D, so the kept tokens are simply compacted in order, newline last.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..types import Pruned, VideoTokens
+from .handle import PruneHandle
+from .saliency import attention_received, cls_attention, load_siglip_head, map_head_attention
+
+# the release's sink positions, by pooled grid (SPEC: LLaVA-OV 14x14, LLaVA-Video 13x13)
+SINK_PRESETS = {(14, 14): "llava-ov", (13, 13): "llava-video"}
+
+
+class LlavaOnevisionHandle(PruneHandle):
+    family = "llava-onevision"
+
+    def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", siglip_head: str | None = None,
+                 **method_opts) -> None:
+        if saliency not in ("auto", "map-head", "cls", "attention", "features"):
+            raise ValueError(f"saliency must be auto, map-head, cls, attention or features, got {saliency!r}")
+        if saliency == "map-head" and siglip_head is None:
+            raise ValueError("saliency='map-head' needs siglip_head=PATH (a local SigLIP checkpoint with its head)")
+        self.saliency = saliency
+        tower = model.model.vision_tower
+        self.tower = getattr(tower, "vision_model", tower)
+        self.head = None
+        if siglip_head is not None:
+            p = next(model.parameters())
+            self.head = load_siglip_head(siglip_head, p.dtype, p.device)
+        self.sinks_given = "sink_indices" in method_opts
+        self.method_opts = method_opts
+        super().__init__(model, method, retention, **method_opts)
+        self._pruners: dict = {}
+
+    def _pruner_for(self, grid: tuple[int, int]):
+        """Tango gets the release's sinks for the grid it was tuned on, unless the user chose sinks."""
+        preset = SINK_PRESETS.get(grid)
+        if self.method != "tango" or self.sinks_given or preset is None:
+            return self.pruner
+        if preset not in self._pruners:
+            from ..methods import get_method
+
+            self._pruners[preset] = get_method("tango")(retention=self.retention, sink_indices=preset, **self.method_opts)
+        return self._pruners[preset]
+
+    @torch.no_grad()
+    def encode(self, kwargs: dict) -> tuple[list[VideoTokens], list[str]]:
+        """Videos come as the processor's (B, T, C, H, W) tensor, or as a list of (T_i, C, H, W) tensors when
+        their lengths differ (the stock class cannot take those; with pruning they can share a batch)."""
+        cfg = self.model.config
+        pv = kwargs.pop("pixel_values_videos")
+        times = kwargs.pop("video_timestamps", None)
+        layer = kwargs.pop("vision_feature_layer", cfg.vision_feature_layer)
+        strategy = kwargs.pop("vision_feature_select_strategy", cfg.vision_feature_select_strategy)
+        clips = list(pv) if isinstance(pv, (list, tuple)) else [pv[b] for b in range(pv.shape[0])]
+        if times is not None and len(times) != len(clips):
+            raise ValueError(f"video_timestamps has {len(times)} entries for {len(clips)} videos; pass one (T,) per video")
+        if isinstance(pv, (list, tuple)):
+            encoded = [self._encode_frames(c, layer, strategy) for c in clips]
+        else:  # one tower call for the whole batch
+            f, s, src = self._encode_frames(pv.flatten(0, 1), layer, strategy)
+            T = pv.shape[1]
+            encoded = [(f[b * T : (b + 1) * T], None if s is None else s[b * T : (b + 1) * T], src) for b in range(len(clips))]
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        h = w = math.ceil(side / 2)
+        videos, sources = [], []
+        for b, (f, s, src) in enumerate(encoded):
+            ts = None if times is None else torch.as_tensor(times[b], dtype=torch.float32)
+            videos.append(VideoTokens(f, s, (f.shape[0], h, w), ts))
+            sources.append(src)
+        return videos, sources
+
+    def _encode_frames(self, frames, layer, strategy):
+        """(T, C, H, W) pixels -> pooled projected features (T, L, D), saliency (T, L) or None, its source."""
+        inner = self.model.model
+        out = inner.vision_tower(frames.to(next(self.tower.parameters()).dtype), output_hidden_states=True, return_dict=True)
+        hs = out.hidden_states
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        sel = torch.cat([hs[i] for i in layers], dim=-1)
+        if strategy == "default":
+            sel = sel[:, 1:]
+        feats = inner.apply_pooling(inner.multi_modal_projector(sel))
+        sal, source = self._saliency(hs, layers[-1], strategy)
+        if sal is not None:
+            sal = inner.apply_pooling(sal.unsqueeze(-1).to(feats.dtype)).squeeze(-1).float()
+        return feats, sal, source
+
+    def _saliency(self, hs, layer: int, strategy: str):
+        mode = self.saliency
+        if mode == "auto":
+            mode = "map-head" if self.head is not None else "cls" if strategy == "default" else "attention"
+        if mode == "features":
+            return None, "feature-distinctiveness"
+        idx = layer if layer >= 0 else len(hs) + layer  # hidden_states[i] is the output of layer i - 1
+        if mode == "map-head":
+            head, post_ln = self.head
+            s = map_head_attention(head, post_ln, hs[idx])
+            return (s[:, 1:] if strategy == "default" else s), "siglip-map-head"
+        block = self.tower.encoder.layers[idx - 1]
+        if mode == "cls":
+            return cls_attention(block, hs[idx - 1]), "cls-attention"
+        s = attention_received(block, hs[idx - 1])
+        return (s[:, 1:] if strategy == "default" else s), "attention-received"
+
+    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict):
+        newline = self.model.model.image_newline
+        rows = [torch.cat([k.features, newline[None].to(k.features)]) for k in kept]
+        pooled = torch.cat(rows).unsqueeze(0)
+        full = [v.num_tokens + 1 for v in videos]
+        short = [k.num_kept + 1 for k in kept]
+        return {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=pooled)}}, full, short
+
+    def prune_one(self, vt: VideoTokens) -> Pruned:
+        return self._pruner_for(vt.grid[1:])(vt)

@@ -1,0 +1,139 @@
+"""apply() on a tiny random LLaVA-OneVision built from configs: what a user of generate() and forward() relies on."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tango_prune.models import apply  # noqa: E402
+from tango_prune.models.sequence import compact_video_runs, expand_to_original  # noqa: E402
+
+VIDEO, PAD = 299, 0
+T, SIDE = 4, 8  # 112 px / 14 -> 8x8 patches -> 4x4 pooled tokens per frame
+L = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+
+    torch.manual_seed(0)
+    vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=112, patch_size=14)
+    tc = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=300, pad_token_id=PAD)
+    cfg = LlavaOnevisionConfig(vision_config=vc, text_config=tc, image_token_id=298, video_token_id=VIDEO,
+                               vision_feature_layer=-1)
+    return LlavaOnevisionForConditionalGeneration(cfg).eval()
+
+
+def prompt(n_frames=T, pre=(1, 2, 3), post=(4, 5)):
+    return torch.tensor([[*pre] + [VIDEO] * (n_frames * L + 1) + [*post]])
+
+
+def video(seed, n_frames=T):
+    return torch.randn(1, n_frames, 3, 112, 112, generator=torch.Generator().manual_seed(seed))
+
+
+def greedy(m, **kw):
+    return m.generate(**kw, max_new_tokens=6, do_sample=False)
+
+
+def test_none_and_full_retention_match_the_stock_model(model):
+    ids, pv = prompt(), video(0)
+    logits, gen = model(input_ids=ids, pixel_values_videos=pv).logits, greedy(model, input_ids=ids, pixel_values_videos=pv)
+    for method, r in (("none", 1.0), ("tango", 1.0)):
+        with apply(model, method, r):
+            assert torch.equal(model(input_ids=ids, pixel_values_videos=pv).logits, logits)
+            assert torch.equal(greedy(model, input_ids=ids, pixel_values_videos=pv), gen)
+
+
+def test_tango_feeds_the_llm_exactly_the_kept_tokens_plus_newline(model):
+    ids, pv = prompt(), video(1)
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen["len"] = kwargs["inputs_embeds"].shape[1]
+
+    hook = model.model.language_model.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        with apply(model, "tango", 0.25) as h:
+            out = model(input_ids=ids, pixel_values_videos=pv)
+            kept = h.last_stats[0]["tokens_kept"]
+    finally:
+        hook.remove()
+    assert seen["len"] == 3 + kept + 1 + 2
+    assert kept < T * L and h.last_stats[0]["llm_tokens"] == kept + 1
+    assert out.logits.shape[:2] == ids.shape  # logits come back aligned with the caller's input_ids
+
+
+def test_generate_keeps_the_prompt_prefix_contract(model):
+    ids, pv = prompt(), video(2)
+    with apply(model, "tango", 0.1):
+        out = greedy(model, input_ids=ids, pixel_values_videos=pv)
+    assert torch.equal(out[:, : ids.shape[1]], ids) and out.shape[1] == ids.shape[1] + 6
+
+
+def test_text_only_and_remove_restore_stock_behaviour(model):
+    ids = torch.tensor([[1, 2, 3, 4]])
+    stock_text = model(input_ids=ids).logits
+    vid, pv = prompt(), video(3)
+    stock_video = greedy(model, input_ids=vid, pixel_values_videos=pv)
+    h = apply(model, "tango", 0.1)
+    assert torch.equal(model(input_ids=ids).logits, stock_text)
+    assert not torch.equal(model(input_ids=vid, pixel_values_videos=pv).logits[:, -1], torch.zeros(1))
+    h.remove()
+    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
+    assert torch.equal(greedy(model, input_ids=vid, pixel_values_videos=pv), stock_video)
+
+
+def test_apply_twice_is_refused_and_unsupported_models_named(model):
+    with apply(model, "tango", 0.1):
+        with pytest.raises(ValueError, match="already applied"):
+            apply(model, "tango", 0.2)
+    with pytest.raises(ValueError, match="LlavaOnevisionForConditionalGeneration"):
+        apply(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="unknown method"):
+        apply(model, "nosuch")
+    assert "forward" not in model.__dict__  # a refused apply leaves nothing behind
+
+
+def test_batch_of_two_videos_matches_each_alone(model):
+    a, b = video(4), video(5, n_frames=2)
+    pa, pb = prompt(), prompt(n_frames=2, pre=(7,), post=(4, 5, 6))
+    with apply(model, "tango", 0.25):
+        solo = [greedy(model, input_ids=p, pixel_values_videos=[v[0]])[:, p.shape[1]:] for p, v in ((pa, a), (pb, b))]
+        S = max(pa.shape[1], pb.shape[1])
+        ids = torch.full((2, S), PAD)
+        mask = torch.zeros(2, S, dtype=torch.long)
+        for i, p in enumerate((pa, pb)):  # left padding, as for generation
+            ids[i, S - p.shape[1]:], mask[i, S - p.shape[1]:] = p[0], 1
+        both = greedy(model, input_ids=ids, attention_mask=mask, pixel_values_videos=[a[0], b[0]])[:, S:]
+    assert torch.equal(both[0], solo[0][0]) and torch.equal(both[1], solo[1][0])
+
+
+def test_saliency_sources_are_chosen_and_reported(model):
+    ids, pv = prompt(), video(6)
+    for mode, name in (("auto", "attention-received"), ("features", "feature-distinctiveness")):
+        with apply(model, "tango", 0.25, saliency=mode) as h:
+            model(input_ids=ids, pixel_values_videos=pv)
+            assert h.last_stats[0]["saliency"] == name
+    with pytest.raises(ValueError, match="siglip_head"):
+        apply(model, "tango", 0.1, saliency="map-head")
+
+
+def test_placeholder_mismatch_is_a_clear_error(model):
+    with apply(model, "tango", 0.25):
+        with pytest.raises(ValueError, match="placeholders"):
+            model(input_ids=prompt(n_frames=3), pixel_values_videos=video(0))
+
+
+def test_compact_and_expand_round_trip():
+    ids = torch.tensor([[0, 0, 5, 9, 9, 9, 9, 6], [5, 9, 9, 9, 9, 9, 9, 6]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]])
+    c = compact_video_runs(ids, mask, 9, [4, 6], [2, 3], pad_id=0)
+    assert c.input_ids.tolist() == [[0, 5, 9, 9, 6], [5, 9, 9, 9, 6]]
+    assert c.attention_mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+    back = expand_to_original(torch.arange(10.0).view(2, 5, 1), c)[..., 0]
+    # kept original positions carry their values; cut placeholders (and pads) repeat the last kept one
+    assert back[0].tolist() == [1, 1, 1, 2, 3, 3, 3, 4]
+    assert back[1].tolist() == [5, 6, 7, 8, 8, 8, 8, 9]

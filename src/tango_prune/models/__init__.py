@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .handle import PruneHandle
 
-SUPPORTED = ("LlavaOnevisionForConditionalGeneration",)
+SUPPORTED = ("LlavaOnevisionForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
 
 
 def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> PruneHandle:
@@ -20,6 +20,10 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
         from .llava_ov import LlavaOnevisionHandle
 
         return LlavaOnevisionHandle(model, method, retention, **opts)
+    if name in ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration"):
+        from .qwen_vl import QwenVLHandle
+
+        return QwenVLHandle(model, method, retention, **opts)
     raise ValueError(f"apply() supports {', '.join(SUPPORTED)}; got {name}")
 
 

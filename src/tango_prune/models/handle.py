@@ -6,6 +6,7 @@ of one call; ``last_stats`` keeps only counts and times of the most recent call,
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -34,8 +35,9 @@ class PruneHandle:
         self.last_stats: list[dict[str, Any]] = []
         self._stock_forward = type(model).forward.__get__(model)
         self._stock_generate = type(model).generate.__get__(model)
-        model.forward = self._forward
-        model.generate = self._generate
+        # stock signatures stay visible (generate validates kwargs against inspect.signature(model.forward))
+        model.forward = functools.wraps(self._stock_forward)(lambda *a, **kw: self._forward(*a, **kw))
+        model.generate = functools.wraps(self._stock_generate)(lambda *a, **kw: self._generate(*a, **kw))
         setattr(model, _ATTR, self)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -52,13 +54,20 @@ class PruneHandle:
         self.remove()
 
     # -- family hooks ----------------------------------------------------------------------------------------
-    def encode(self, kwargs: dict) -> tuple[list[VideoTokens], list[str]]:
-        """Pop the video inputs from kwargs; return each video's tokens and the saliency source used."""
+    def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
+        """Pop the video inputs from kwargs; return each video's tokens and the saliency source used.
+        ``ctx`` carries what this one call needs later (it dies with the call)."""
         raise NotImplementedError
 
-    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict) -> tuple[dict, list[int], list[int]]:
+    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict,
+                 ctx: dict) -> tuple[dict, list[int], list[int]]:
         """The stock call's extra kwargs carrying the kept tokens, and per video (full, kept) placeholder counts."""
         raise NotImplementedError
+
+    def positions(self, c: Compacted, input_ids: Tensor, attention_mask: Tensor | None, kept: list[Pruned],
+                  kwargs: dict, ctx: dict) -> dict:
+        """Extra kwargs for the compacted sequence's positions (1-D models: none, the class counts them)."""
+        return {}
 
     def prune_one(self, vt: VideoTokens) -> Pruned:
         return self.pruner(vt)
@@ -75,7 +84,8 @@ class PruneHandle:
         input_ids = kwargs.pop("input_ids", None)
         if input_ids is None:
             raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
-        videos, sources = self.encode(kwargs)
+        ctx: dict = {}
+        videos, sources = self.encode(kwargs, ctx)
         kept, stats = [], []
         for vt, src in zip(videos, sources):
             t = time.perf_counter()
@@ -83,9 +93,16 @@ class PruneHandle:
             stats.append({"tokens_full": vt.num_tokens, "tokens_kept": out.num_kept, "frames": vt.grid[0],
                           "saliency": src, "prune_s": time.perf_counter() - t, "segments": len(out.segments)})
             kept.append(out)
-        extra, full, short = self.assemble(videos, kept, kwargs)
-        c = compact_video_runs(input_ids, kwargs.pop("attention_mask", None), self.video_token_id(), full, short,
-                               self.pad_id())
+        extra, full, short = self.assemble(videos, kept, kwargs, ctx)
+        attention_mask = kwargs.pop("attention_mask", None)
+        c = compact_video_runs(input_ids, attention_mask, self.video_token_id(), full, short, self.pad_id())
+        extra.update(self.positions(c, input_ids, attention_mask, kept, kwargs, ctx))
+        for key in ("mm_token_type_ids", "token_type_ids"):  # per-position inputs follow the tokens they describe
+            v = kwargs.get(key)
+            if isinstance(v, Tensor) and v.shape == input_ids.shape:
+                new = torch.zeros_like(c.input_ids, dtype=v.dtype)
+                new[c.source >= 0] = v[c.keep]
+                kwargs[key] = new
         labels = kwargs.pop("labels", None)
         if labels is not None:
             lab = torch.full_like(c.input_ids, -100)

@@ -51,7 +51,7 @@ class LlavaOnevisionHandle(PruneHandle):
         return self._pruners[preset]
 
     @torch.no_grad()
-    def encode(self, kwargs: dict) -> tuple[list[VideoTokens], list[str]]:
+    def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
         """Videos come as the processor's (B, T, C, H, W) tensor, or as a list of (T_i, C, H, W) tensors when
         their lengths differ (the stock class cannot take those; with pruning they can share a batch)."""
         cfg = self.model.config
@@ -109,7 +109,7 @@ class LlavaOnevisionHandle(PruneHandle):
         s = attention_received(block, hs[idx - 1])
         return (s[:, 1:] if strategy == "default" else s), "attention-received"
 
-    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict):
+    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict, ctx: dict):
         newline = self.model.model.image_newline
         rows = [torch.cat([k.features, newline[None].to(k.features)]) for k in kept]
         pooled = torch.cat(rows).unsqueeze(0)

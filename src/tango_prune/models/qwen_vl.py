@@ -1,0 +1,143 @@
+"""Qwen2.5-VL and Qwen2-VL (transformers' Qwen2_5_VLForConditionalGeneration / Qwen2VLForConditionalGeneration).
+
+Qwen's LLM positions are 3-D (M-RoPE): a video token sits at (t, h, w) and text after a video continues from the
+video's largest position. The stock class computes them from the full placeholder layout, so we compute them the
+stock way on the *original* sequence, then keep the kept tokens' own (t, h, w) and the text's own positions. The
+4-row ``position_ids`` we hand over (row 0: contiguous positions of the shortened sequence, for the attention
+mask; rows 1-3: M-RoPE) make decoding continue exactly where the stock model would.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..types import Pruned, VideoTokens
+from .handle import PruneHandle
+from .sequence import Compacted
+
+
+class QwenVLHandle(PruneHandle):
+    family = "qwen-vl"
+
+    def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", **method_opts) -> None:
+        if saliency not in ("auto", "global-query", "features"):
+            raise ValueError(f"saliency must be auto, global-query or features, got {saliency!r}")
+        self.saliency = saliency
+        super().__init__(model, method, retention, **method_opts)
+
+    @torch.no_grad()
+    def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
+        visual = self.model.model.visual
+        pv = kwargs.pop("pixel_values_videos")
+        thw = kwargs.pop("video_grid_thw", None)
+        if thw is None:
+            raise ValueError("Qwen video inputs need video_grid_thw (the processor returns it with pixel_values_videos)")
+        spt = kwargs.pop("second_per_grid_ts", None)
+        times = kwargs.pop("video_timestamps", None)
+        ctx.update(video_grid_thw=thw, second_per_grid_ts=spt)
+        captured = {}
+        mode = "features" if self.saliency == "features" else "global-query"
+        hook = None
+        if mode == "global-query":
+            def grab(module, args, kw):  # the last block's input: our one attention map is computed from it
+                captured["h"] = args[0] if args else kw["hidden_states"]
+                captured["pe"] = kw.get("position_embeddings")
+            hook = visual.blocks[-1].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            out = visual(pv.type(visual.dtype), grid_thw=thw)
+        finally:
+            if hook is not None:
+                hook.remove()
+        feats = out.pooler_output
+        m = visual.spatial_merge_size
+        sal = global_query_saliency(visual, captured, thw) if mode == "global-query" and captured.get("pe") else None
+        source = "qwen-global-query" if sal is not None else "feature-distinctiveness"
+        videos, a = [], 0
+        for v, (t, h, w) in enumerate(thw.tolist()):
+            hh, ww = h // m, w // m
+            n = t * hh * ww
+            f = feats[a : a + n].view(t, hh * ww, -1)
+            s = None if sal is None else sal[a : a + n].view(t, hh * ww)
+            if times is not None:
+                ts = torch.as_tensor(times[v], dtype=torch.float32)
+            elif spt is not None:  # a temporal patch spans its frames: their mean time
+                step = float(spt[v])
+                ts = torch.arange(t, dtype=torch.float32) * step + step / 4
+            else:
+                ts = None
+            videos.append(VideoTokens(f, s, (t, hh, ww), ts))
+            a += n
+        return videos, [source] * len(videos)
+
+    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict, ctx: dict):
+        pooled = tuple(k.features for k in kept)
+        full = [v.num_tokens for v in videos]
+        short = [k.num_kept for k in kept]
+        return {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=pooled)}}, full, short
+
+    def positions(self, c: Compacted, input_ids: Tensor, attention_mask: Tensor | None, kept: list[Pruned],
+                  kwargs: dict, ctx: dict) -> dict:
+        inner = self.model.model
+        tt = kwargs.pop("_original_mm_token_type_ids", None)
+        if tt is None:
+            tt = (input_ids == self.video_token_id()).int() * 2
+            if getattr(self.model.config, "image_token_id", None) is not None:
+                tt = tt + (input_ids == self.model.config.image_token_id).int()
+        mrope, _ = inner.get_rope_index(
+            input_ids, mm_token_type_ids=tt, image_grid_thw=kwargs.get("image_grid_thw"),
+            video_grid_thw=ctx["video_grid_thw"], second_per_grid_ts=ctx["second_per_grid_ts"],
+            attention_mask=attention_mask,
+        )
+        B, S2 = c.input_ids.shape
+        ok = c.source >= 0
+        rows = torch.arange(B, device=ok.device)[:, None].expand(B, S2)
+        kept_rope = torch.zeros(3, B, S2, dtype=mrope.dtype, device=mrope.device)
+        kept_rope[:, ok] = mrope[:, rows[ok], c.source[ok]]
+        text = (c.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        # the stock generate derives decode positions from these deltas; keep them consistent for the caller
+        return {"position_ids": torch.cat([text[None], kept_rope], dim=0)}
+
+    def _prepare(self, kwargs: dict):
+        if self.has_video(kwargs) and isinstance(kwargs.get("mm_token_type_ids"), Tensor):
+            kwargs["_original_mm_token_type_ids"] = kwargs["mm_token_type_ids"]
+        out = super()._prepare(kwargs)
+        if out is not None:
+            out[0].pop("_original_mm_token_type_ids", None)
+            out[0].pop("video_grid_thw", None)
+        return out
+
+
+@torch.no_grad()
+def global_query_saliency(visual, captured: dict, thw: Tensor) -> Tensor:
+    """SPEC step 0 for Qwen2.5-VL: in the last ViT block, one query per temporal patch (the mean of its queries),
+    keys averaged over each merge group, softmax over that patch's merged tokens, mean over heads.
+    Returns (N_merged,) in the merged tokens' raster order."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    blk = visual.blocks[-1]
+    h = captured["h"]
+    N = h.shape[0]
+    heads = blk.attn.num_heads
+    q, k, _ = blk.attn.qkv(blk.norm1(h)).reshape(N, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = captured["pe"]
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    unit = visual.spatial_merge_size**2
+    q = q.float().view(N // unit, unit, heads, -1).mean(dim=1)  # queries: group mean (the frame mean below)
+    k = k.float().view(N // unit, unit, heads, -1).mean(dim=1)
+    if getattr(visual, "window_size", None):  # Qwen2.5-VL runs in window order; back to raster order
+        from transformers.vision_utils import get_vision_window_index
+
+        window_index, _ = get_vision_window_index(thw, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+        back = torch.argsort(window_index.to(q.device))
+        q, k = q[back], k[back]
+    out, a = [], 0
+    scale = k.shape[-1] ** -0.5
+    for t, hh, ww in thw.tolist():
+        n = hh * ww // unit
+        qf = q[a : a + t * n].view(t, n, heads, -1).mean(dim=1)  # (t, heads, d)
+        kf = k[a : a + t * n].view(t, n, heads, -1)  # (t, n, heads, d)
+        att = torch.softmax(torch.einsum("thd,tnhd->thn", qf, kf) * scale, dim=-1)
+        out.append(att.mean(dim=1).flatten())
+        a += t * n
+    return torch.cat(out)

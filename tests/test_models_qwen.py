@@ -1,0 +1,101 @@
+"""apply() on a tiny random Qwen2.5-VL: stock equality, M-RoPE positions of kept tokens, decoding position."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tango_prune.models import apply  # noqa: E402
+
+VIDEO, VSTART, VEND = 398, 396, 395
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=400, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+                           in_channels=3, tokens_per_second=2),
+        image_token_id=397, video_token_id=VIDEO, vision_start_token_id=VSTART, vision_end_token_id=VEND)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+def inputs(seed=0, t=2, gh=8, gw=8):
+    """What the processor returns for a video of 2t frames at 112 x 112 (t temporal patches of 8 x 8 patches)."""
+    g = torch.Generator().manual_seed(seed)
+    n = t * gh * gw // 4
+    ids = torch.tensor([[1, 5, VSTART] + [VIDEO] * n + [VEND, 4, 5]])
+    return dict(input_ids=ids, pixel_values_videos=torch.randn(t * gh * gw, 3 * 2 * 14 * 14, generator=g),
+                video_grid_thw=torch.tensor([[t, gh, gw]]), mm_token_type_ids=(ids == VIDEO).int() * 2,
+                second_per_grid_ts=torch.tensor([1.0]))
+
+
+def greedy(m, kw):
+    return m.generate(**kw, max_new_tokens=5, do_sample=False)
+
+
+def llm_positions(m, kw, steps=2):
+    """position_ids the language model receives at prefill and the first decode steps."""
+    seen = []
+    hook = m.model.language_model.register_forward_pre_hook(
+        lambda mod, a, k: seen.append(k["position_ids"].clone()), with_kwargs=True)
+    try:
+        m.generate(**kw, max_new_tokens=steps, do_sample=False)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_none_and_full_retention_match_the_stock_model(model):
+    kw = inputs(0)
+    logits, gen = model(**kw).logits, greedy(model, kw)
+    for method, r in (("none", 1.0), ("tango", 1.0)):
+        with apply(model, method, r) as h:
+            assert torch.equal(model(**kw).logits, logits)
+            assert torch.equal(greedy(model, kw), gen)
+            assert h.last_stats[0]["saliency"] == "qwen-global-query"
+
+
+def test_kept_tokens_keep_their_3d_positions_and_decoding_continues_at_the_stock_position(model):
+    kw = inputs(1)
+    stock = llm_positions(model, kw)
+    with apply(model, "tango", 0.25) as h:
+        pruned = llm_positions(model, kw)
+        kept = h.last_stats[0]["tokens_kept"]
+    assert kept == 8
+    prefill_stock, prefill = stock[0][-3:, 0], pruned[0][-3:, 0]  # M-RoPE rows (t, h, w)
+    assert prefill.shape[-1] == kw["input_ids"].shape[1] - 32 + kept
+    # every kept position's (t, h, w) is one the stock model gave a token; the text after the video keeps its own
+    stock_cols = {tuple(c) for c in prefill_stock.T.tolist()}
+    assert all(tuple(c) in stock_cols for c in prefill.T.tolist())
+    assert torch.equal(prefill[:, -3:], prefill_stock[:, -3:])
+    # the first generated token sits where the stock model puts it
+    assert torch.equal(pruned[1][-3:, 0, -1], stock[1][-3:, 0, -1])
+    # row 0 counts the shortened sequence contiguously (it drives the causal mask)
+    assert torch.equal(pruned[0][0, 0], torch.arange(prefill.shape[-1]))
+
+
+def test_generate_contract_and_remove(model):
+    kw = inputs(2)
+    stock = greedy(model, kw)
+    with apply(model, "tango", 0.1):
+        out = greedy(model, kw)
+        text = model(input_ids=torch.tensor([[1, 5, 6]])).logits
+    assert torch.equal(out[:, : kw["input_ids"].shape[1]], kw["input_ids"])
+    assert torch.equal(model(input_ids=torch.tensor([[1, 5, 6]])).logits, text)
+    assert torch.equal(greedy(model, kw), stock)
+
+
+def test_features_saliency_and_missing_grid(model):
+    kw = inputs(3)
+    with apply(model, "tango", 0.25, saliency="features") as h:
+        model(**kw)
+        assert h.last_stats[0]["saliency"] == "feature-distinctiveness"
+        kw.pop("video_grid_thw")
+        with pytest.raises(ValueError, match="video_grid_thw"):
+            model(**kw)

@@ -5,25 +5,17 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from tango_prune.models import apply  # noqa: E402
+from tango_prune.models.zoo import load_model, tiny_model  # noqa: E402
 from tango_prune.models.sequence import compact_video_runs, expand_to_original  # noqa: E402
 
-VIDEO, PAD = 299, 0
+VIDEO, PAD = 398, 0  # tango_prune.models.zoo.TINY_IDS
 T, SIDE = 4, 8  # 112 px / 14 -> 8x8 patches -> 4x4 pooled tokens per frame
 L = 16
 
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
-
-    torch.manual_seed(0)
-    vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            image_size=112, patch_size=14)
-    tc = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, vocab_size=300, pad_token_id=PAD)
-    cfg = LlavaOnevisionConfig(vision_config=vc, text_config=tc, image_token_id=298, video_token_id=VIDEO,
-                               vision_feature_layer=-1)
-    return LlavaOnevisionForConditionalGeneration(cfg).eval()
+    return tiny_model("llava-onevision")
 
 
 def prompt(n_frames=T, pre=(1, 2, 3), post=(4, 5)):
@@ -137,3 +129,35 @@ def test_compact_and_expand_round_trip():
     # kept original positions carry their values; cut placeholders (and pads) repeat the last kept one
     assert back[0].tolist() == [1, 1, 1, 2, 3, 3, 3, 4]
     assert back[1].tolist() == [5, 6, 7, 8, 8, 8, 8, 9]
+
+
+def test_map_head_saliency_from_a_local_siglip_checkpoint(model, tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    vc = model.config.vision_config.to_dict()
+    tower = SiglipVisionModel(SiglipVisionConfig(**{**vc, "vision_use_head": True}))
+    tower.save_pretrained(tmp_path / "siglip")
+    ids, pv = prompt(), video(7)
+    with apply(model, "tango", 0.25, siglip_head=str(tmp_path / "siglip")) as h:
+        model(input_ids=ids, pixel_values_videos=pv)
+        assert h.last_stats[0]["saliency"] == "siglip-map-head"
+    with pytest.raises(ValueError, match="local SigLIP checkpoint"):
+        apply(model, "tango", 0.1, siglip_head=str(tmp_path / "nowhere"))
+
+
+def test_release_sinks_only_on_the_grid_they_belong_to(model):
+    with apply(model, "tango", 0.1) as h:
+        assert h._pruner_for((14, 14)).config.sink_indices == "llava-ov"
+        assert h._pruner_for((13, 13)).config.sink_indices == "llava-video"
+        assert h._pruner_for((4, 4)) is h.pruner and h.pruner.config.sink_indices == ()
+    with apply(model, "tango", 0.1, sink_indices=(1,)) as h:
+        assert h._pruner_for((14, 14)).config.sink_indices == (1,)
+
+
+def test_load_model_round_trip_and_errors(model, tmp_path):
+    model.save_pretrained(tmp_path / "ov")
+    again = load_model(tmp_path / "ov")
+    ids, pv = prompt(), video(8)
+    assert torch.allclose(again(input_ids=ids, pixel_values_videos=pv).logits, model(input_ids=ids, pixel_values_videos=pv).logits)
+    with pytest.raises(ValueError, match="config.json"):
+        load_model(tmp_path)

@@ -5,24 +5,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from tango_prune.models import apply  # noqa: E402
+from tango_prune.models.zoo import tiny_model  # noqa: E402
 
 VIDEO, VSTART, VEND = 398, 396, 395
 
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    torch.manual_seed(0)
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=400, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
-                           in_channels=3, tokens_per_second=2),
-        image_token_id=397, video_token_id=VIDEO, vision_start_token_id=VSTART, vision_end_token_id=VEND)
-    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    return tiny_model("qwen2.5-vl")
 
 
 def inputs(seed=0, t=2, gh=8, gw=8):
@@ -99,3 +89,21 @@ def test_features_saliency_and_missing_grid(model):
         kw.pop("video_grid_thw")
         with pytest.raises(ValueError, match="video_grid_thw"):
             model(**kw)
+
+
+def test_batch_of_two_videos_of_different_lengths_matches_each_alone(model):
+    a, b = inputs(4, t=2), inputs(5, t=1, gh=8, gw=12)
+    with apply(model, "tango", 0.25):
+        solo = [greedy(model, kw)[0, kw["input_ids"].shape[1]:] for kw in (a, b)]
+        S = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+        ids = torch.zeros(2, S, dtype=torch.long)
+        mask = torch.zeros(2, S, dtype=torch.long)
+        for i, kw in enumerate((a, b)):  # left padding
+            n = kw["input_ids"].shape[1]
+            ids[i, S - n:], mask[i, S - n:] = kw["input_ids"][0], 1
+        both = greedy(model, dict(
+            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == VIDEO).int() * 2,
+            pixel_values_videos=torch.cat([a["pixel_values_videos"], b["pixel_values_videos"]]),
+            video_grid_thw=torch.cat([a["video_grid_thw"], b["video_grid_thw"]]),
+            second_per_grid_ts=torch.tensor([1.0, 1.0])))[:, S:]
+    assert torch.equal(both[0], solo[0]) and torch.equal(both[1], solo[1])

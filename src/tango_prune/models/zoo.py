@@ -1,0 +1,60 @@
+"""Models without a hub: a local checkpoint dir, or a tiny random model of a family built from its config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("llava-onevision", "qwen2.5-vl")
+
+# token ids of the tiny models (their vocabularies are 400 tokens)
+TINY_IDS = {"pad": 0, "bos": 1, "eos": 2, "vision_end": 395, "vision_start": 396, "image": 397, "video": 398}
+
+
+def load_model(path: str | Path, dtype: torch.dtype | str = "auto", device: str | None = None):
+    """A supported Video LLM from a local Hugging Face checkpoint dir (never the network)."""
+    from transformers import AutoConfig
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{path} is not a Hugging Face checkpoint dir (no config.json); download it first, then pass its path")
+    arch = (AutoConfig.from_pretrained(p, local_files_only=True).architectures or ["?"])[0]
+    import transformers
+
+    from . import SUPPORTED
+
+    if arch not in SUPPORTED:
+        raise ValueError(f"{path} holds a {arch}; supported: {', '.join(SUPPORTED)}")
+    cls = getattr(transformers, arch)
+    model = cls.from_pretrained(p, local_files_only=True, dtype=dtype)
+    return (model.to(device) if device else model).eval()
+
+
+def tiny_model(family: str, seed: int = 0):
+    """A random model of ``family`` small enough for tests (a few MB), built from its config.
+
+    llava-onevision: SigLIP 112 px / 14 -> 8x8 patches, pooled to 4x4 tokens per frame, Qwen2 LLM.
+    qwen2.5-vl: 14 px patches, 2x2 merge, temporal patch 2, window attention, M-RoPE sections (2, 3, 3).
+    """
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=400, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if family == "llava-onevision":
+        cfg = tf.LlavaOnevisionConfig(
+            vision_config=tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=2, image_size=112, patch_size=14),
+            text_config=tf.Qwen2Config(**text), image_token_id=TINY_IDS["image"], video_token_id=TINY_IDS["video"],
+            vision_feature_layer=-1)
+        return tf.LlavaOnevisionForConditionalGeneration(cfg).eval()
+    if family == "qwen2.5-vl":
+        cfg = tf.Qwen2_5_VLConfig(
+            text_config=dict(text, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                               fullatt_block_indexes=[1], in_channels=3, tokens_per_second=2),
+            image_token_id=TINY_IDS["image"], video_token_id=TINY_IDS["video"],
+            vision_start_token_id=TINY_IDS["vision_start"], vision_end_token_id=TINY_IDS["vision_end"])
+        return tf.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")

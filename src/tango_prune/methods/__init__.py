@@ -42,4 +42,4 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import basic, dycoke, fastvid, holitom, tango  # noqa: E402,F401  (registration)
+from . import basic, divprune, dycoke, fastvid, holitom, tango, visionzip  # noqa: E402,F401  (registration)

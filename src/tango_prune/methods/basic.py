@@ -12,7 +12,8 @@ from .common import check_retention, exact_count, finish, frame_budgets, no_opti
 
 @register("none")
 class KeepAll:
-    """Keeps every token unchanged (the unpruned baseline); ``retention`` is ignored."""
+    """Keeps every token unchanged: the unpruned baseline every comparison starts from. Takes no options;
+    ``retention`` is accepted and ignored so that it shares the call of every other method."""
 
     def __init__(self, retention: float = 1.0, **opts) -> None:
         no_options("none", opts)

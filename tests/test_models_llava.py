@@ -161,3 +161,23 @@ def test_load_model_round_trip_and_errors(model, tmp_path):
     assert torch.allclose(again(input_ids=ids, pixel_values_videos=pv).logits, model(input_ids=ids, pixel_values_videos=pv).logits)
     with pytest.raises(ValueError, match="config.json"):
         load_model(tmp_path)
+
+
+def test_cls_attention_saliency_for_a_tower_with_a_cls_token():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.LlavaOnevisionConfig(
+        vision_config=tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, image_size=112, patch_size=14),
+        text_config=tf.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=400),
+        image_token_id=397, video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="default")
+    m = tf.LlavaOnevisionForConditionalGeneration(cfg).eval()
+    ids, pv = prompt(n_frames=2), video(9, n_frames=2)
+    stock = m(input_ids=ids, pixel_values_videos=pv).logits
+    with apply(m, "none"):
+        assert torch.equal(m(input_ids=ids, pixel_values_videos=pv).logits, stock)  # CLS dropped as the class does
+    with apply(m, "tango", 0.25) as h:
+        m(input_ids=ids, pixel_values_videos=pv)
+        assert h.last_stats[0]["saliency"] == "cls-attention" and h.last_stats[0]["tokens_full"] == 2 * L

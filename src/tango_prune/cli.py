@@ -138,6 +138,27 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from .bench.e2e import format_table, plot, run
+    from .eval.compare import resolve_methods
+
+    methods = [name for _, name, _ in resolve_methods(args.methods)]
+    if args.device != "cpu":
+        raise UsageError("tango-prune bench measures on cpu here; --device cuda is not implemented yet")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    rows = run(args.arch, args.frames, methods, args.retention, dtype, args.repeats, args.decode_tokens,
+               args.layers, progress=not args.quiet)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot(rows, args.plot)}")
+    return 0
+
+
 def cmd_demo(args, rest: list[str]) -> int:
     from . import demo
 
@@ -164,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write results to this JSON file")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench_pruner)
+
+    e = sub.add_parser("bench", help="TTFT breakdown of a Video LLM at real shapes (random weights), per method")
+    e.add_argument("--arch", required=True, help="llava-ov-0.5b, llava-ov-7b, llava-video-7b or qwen2.5-vl-7b")
+    e.add_argument("--frames", type=_ints, default=[8])
+    e.add_argument("--methods", default="none,tango", help="registry names, or all")
+    e.add_argument("--retention", type=_retentions, default=[0.1])
+    e.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--layers", type=int, help="depth-reduced model, times scaled per layer (labelled estimated)")
+    e.add_argument("--repeats", type=int, default=2)
+    e.add_argument("--decode-tokens", type=int, default=8)
+    e.add_argument("--json")
+    e.add_argument("--plot", help="PNG of the TTFT breakdown")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("prune", help="prune a saved VideoTokens file and print a summary")
     r.add_argument("file", help="torch file with a dict: features (T, L, D), saliency, grid, timestamps")

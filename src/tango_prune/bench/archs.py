@@ -1,0 +1,130 @@
+"""Real Video-LLM shapes (random weights) and an analytic FLOPs model.
+
+Shapes come from the public configs of the checkpoints named here (config.json of each hub repo):
+- SigLIP so400m-patch14-384 (LLaVA-OV / LLaVA-Video tower): hidden 1152, MLP 4304, 26 layers as used (the
+  HF LLaVA-OV configs keep 26 of 27), 16 heads, 384 px, patch 14 -> 27 x 27 patches, pooled to 14 x 14.
+- Qwen2-0.5B (llava-onevision-qwen2-0.5b-ov-hf): hidden 896, MLP 4864, 24 layers, 14 heads, 2 KV heads, vocab 151936.
+- Qwen2-7B (llava-onevision-qwen2-7b-ov-hf, LLaVA-Video-7B-Qwen2-hf): hidden 3584, MLP 18944, 28 layers, 28 heads,
+  4 KV heads, vocab 152064.
+- Qwen2.5-VL-7B-Instruct: ViT depth 32, hidden 1280, MLP 3420 (gated), 16 heads, patch 14, window 112, full
+  attention at blocks 7/15/23/31, 2x2 merge to 3584; LLM as Qwen2-7B with M-RoPE sections (16, 24, 24).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SIGLIP = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
+              image_size=384, patch_size=14)
+QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                num_key_value_heads=4, vocab_size=152064)
+QWEN25_VIT = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], in_channels=3, tokens_per_second=2)
+
+ARCHS = {
+    "llava-ov-0.5b": ("llava", SIGLIP, QWEN2_05B),
+    "llava-ov-7b": ("llava", SIGLIP, QWEN2_7B),
+    "llava-video-7b": ("llava", SIGLIP, QWEN2_7B),
+    "qwen2.5-vl-7b": ("qwen", QWEN25_VIT, QWEN2_7B),
+}
+
+
+def build(arch: str, dtype, layers: int | None = None, vision_layers: int | None = None):
+    """The architecture with random weights in ``dtype``: every matrix N(0, 0.02), norm weights 1, biases 0 (no
+    per-module init passes, no uninitialised memory: denormals and NaNs would distort timings)."""
+    import torch
+    import transformers as tf
+
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    family, vis, txt = ARCHS[arch]
+    txt = dict(txt, **({"num_hidden_layers": layers} if layers else {}))
+    V = txt["vocab_size"]  # special tokens at the top of the vocabulary: timings do not depend on their ids
+    if family == "llava":
+        vis = dict(vis, **({"num_hidden_layers": vision_layers} if vision_layers else {}))
+        cfg = tf.LlavaOnevisionConfig(vision_config=tf.SiglipVisionConfig(**vis), text_config=tf.Qwen2Config(**txt),
+                                      image_token_id=V - 3, video_token_id=V - 2, vision_feature_layer=-1)
+        cls = tf.LlavaOnevisionForConditionalGeneration
+    else:
+        vis = dict(vis, **({"depth": vision_layers} if vision_layers else {}))
+        if vision_layers:
+            vis["fullatt_block_indexes"] = [i for i in vis["fullatt_block_indexes"] if i < vision_layers] or [vision_layers - 1]
+        cfg = tf.Qwen2_5_VLConfig(
+            text_config=dict(txt, rope_parameters={"rope_type": "default", "mrope_section": _mrope(txt), "rope_theta": 1e6}),
+            vision_config=vis, image_token_id=V - 3, video_token_id=V - 2, vision_start_token_id=V - 5,
+            vision_end_token_id=V - 4)
+        cls = tf.Qwen2_5_VLForConditionalGeneration
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # transformers' own switch: allocate, skip its per-module init passes
+        model = cls._from_config(cfg, dtype=dtype)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # then one fill per tensor: N(0, 0.02) weights, unit norms, zero biases
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.02, generator=g)
+            else:
+                p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+    return model.eval(), family
+
+
+def _mrope(txt: dict) -> list[int]:
+    """Qwen2.5-VL's M-RoPE split (16, 24, 24) of a 128-wide head, scaled to the head size."""
+    half = txt["hidden_size"] // txt["num_attention_heads"] // 2
+    return [half // 4, half * 3 // 8, half - half // 4 - half * 3 // 8]
+
+
+@dataclass
+class Shape:
+    tokens: int
+    hidden: int
+    mlp: int
+    layers: int
+    gated: bool = False
+    span: int | None = None  # attention span per token (None: all tokens)
+
+
+def vit_flops(s: Shape, patch_dim: int) -> float:
+    """Matmul FLOPs (2 per multiply-add) of a ViT over ``s.tokens`` tokens: patch embedding, per layer q/k/v/o
+    projections, attention scores and values, MLP (3 matrices when gated)."""
+    per_layer = 2 * s.tokens * (4 * s.hidden * s.hidden + (3 if s.gated else 2) * s.hidden * s.mlp)
+    span = s.tokens if s.span is None else s.span
+    per_layer += 2 * 2 * s.tokens * span * s.hidden
+    return 2 * s.tokens * patch_dim * s.hidden + s.layers * per_layer
+
+
+def llm_prefill_flops(tokens: int, hidden: int, mlp: int, layers: int, kv_dim: int, vocab: int) -> float:
+    """Matmul FLOPs of a causal decoder prefill: per layer q and o (hidden^2 each), k and v (hidden x kv_dim each),
+    a gated MLP (3 x hidden x mlp), causal attention (scores + values over half the square), and the LM head on the
+    last token only (as generate does)."""
+    per_layer = 2 * tokens * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * mlp)
+    per_layer += 2 * 2 * (tokens * (tokens + 1) / 2) * hidden
+    return layers * per_layer + 2 * hidden * vocab
+
+
+def flops(model, family: str, frames: int, llm_tokens: int) -> tuple[float, float]:
+    """(vision FLOPs for ``frames`` frames, LLM prefill FLOPs for a ``llm_tokens``-token prompt) of ``model``."""
+    cfg = model.config
+    t = cfg.text_config
+    kv = t.num_key_value_heads * (t.hidden_size // t.num_attention_heads)
+    llm = llm_prefill_flops(llm_tokens, t.hidden_size, t.intermediate_size, t.num_hidden_layers, kv, t.vocab_size)
+    v = cfg.vision_config
+    if family == "llava":
+        n = (v.image_size // v.patch_size) ** 2
+        vis = frames * vit_flops(Shape(n, v.hidden_size, v.intermediate_size, v.num_hidden_layers), 3 * v.patch_size**2)
+        vis += frames * 2 * n * (v.hidden_size * t.hidden_size + t.hidden_size * t.hidden_size)  # projector
+    else:
+        n = math.ceil(frames / v.temporal_patch_size) * 28 * 28  # 392 px frames: 28 x 28 patches per temporal patch
+        win = (v.window_size // v.patch_size) ** 2
+        full = len(v.fullatt_block_indexes)
+        per_frame = n // max(1, math.ceil(frames / v.temporal_patch_size))
+        base = vit_flops(Shape(n, v.hidden_size, v.intermediate_size, v.depth, gated=True, span=win),
+                         3 * v.temporal_patch_size * v.patch_size**2)
+        # full-attention blocks attend within a temporal patch's whole frame instead of a window
+        vis = base + full * 2 * 2 * n * (per_frame - win) * v.hidden_size
+        m = v.spatial_merge_size**2
+        vis += 2 * (n // m) * (m * v.hidden_size * m * v.hidden_size + m * v.hidden_size * v.out_hidden_size)
+    return float(vis), float(llm)

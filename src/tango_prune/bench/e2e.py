@@ -1,0 +1,208 @@
+"""Time-to-first-token breakdown of a Video LLM at real shapes (random weights), per pruning method.
+
+TTFT = vision (tower + projector + pooling) + saliency (the one attention map, only for methods that use it)
++ pruning + LLM prefill (the LM head on the last token, as generate does). The limit a pruner can reach is
+(vision + full prefill) / (vision + pruned prefill): pruning cannot make the tower faster.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+import torch
+
+from ..methods import get_method
+from ..models import apply
+from ..models.sequence import compact_video_runs
+from .archs import ARCHS, build, flops
+from .pruner import _reset_peak, _rss_gb
+
+SALIENCY_FREE = {"none", "uniform", "random", "divprune"}
+
+
+def _median(fn, repeats: int) -> tuple[float, object]:
+    out = fn()  # warm-up
+    secs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        secs.append(time.perf_counter() - t)
+    return statistics.median(secs), out
+
+
+def _cache(out):
+    c = out.get("cache") if hasattr(out, "get") else None
+    return c if c is not None else out.get("past_key_values")
+
+
+def video_inputs(model, family: str, frames: int, dtype, text_before: int = 32, text_after: int = 16) -> dict:
+    """Processor-shaped inputs for one video of ``frames`` frames at the model's resolution (random pixels)."""
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    vid = cfg.video_token_id
+    if family == "llava":
+        side = cfg.vision_config.image_size
+        n = frames * ((side // cfg.vision_config.patch_size + 1) // 2) ** 2 + 1
+        ids = torch.tensor([[1] * text_before + [vid] * n + [2] * text_after])
+        return {"input_ids": ids, "pixel_values_videos": torch.randn(1, frames, 3, side, side, generator=g).to(dtype)}
+    v = cfg.vision_config
+    t, hw = max(1, frames // v.temporal_patch_size), 28  # 392 x 392 frames -> 28 x 28 patches -> 14 x 14 tokens
+    n = t * hw * hw // v.spatial_merge_size**2
+    ids = torch.tensor([[1] * text_before + [vid] * n + [2] * text_after])
+    pv = torch.randn(t * hw * hw, 3 * v.temporal_patch_size * v.patch_size**2, generator=g).to(dtype)
+    return {"input_ids": ids, "pixel_values_videos": pv, "video_grid_thw": torch.tensor([[t, hw, hw]]),
+            "second_per_grid_ts": torch.tensor([1.0]), "mm_token_type_ids": (ids == vid).int() * 2}
+
+
+def measure(model, family: str, frames: int, method: str, retention: float, repeats: int, decode_tokens: int,
+            dtype) -> dict:
+    base = video_inputs(model, family, frames, dtype)
+    with apply(model, "none", 1.0, saliency="features") as plain:
+        vision_s, (videos, _) = _median(lambda: plain.encode(dict(base), {}), repeats)
+    saliency_s = 0.0
+    vt = videos[0]
+    if method not in SALIENCY_FREE:
+        with apply(model, "none", 1.0) as full:
+            with_sal, (videos, _) = _median(lambda: full.encode(dict(base), {}), repeats)
+        saliency_s = max(0.0, with_sal - vision_s)
+        vt = videos[0]
+    r = 1.0 if method == "none" else retention
+    pruner = get_method(method)(retention=r)
+    prune_s, kept = _median(lambda: pruner(vt), repeats)
+    with apply(model, method, r) as h:
+        kw, ctx = dict(base), {}
+        h.encode(kw, ctx)  # fills ctx (Qwen grids) and pops the video inputs
+        extra, full_n, short_n = h.assemble([vt], [kept], kw, ctx)
+        ids = kw.pop("input_ids")
+        c = compact_video_runs(ids, None, h.video_token_id(), full_n, short_n, h.pad_id())
+        extra.update(h.positions(c, ids, None, [kept], kw, ctx))
+        kw.pop("mm_token_type_ids", None)
+        stock = type(model).forward.__get__(model)
+
+        def prefill():
+            return stock(input_ids=c.input_ids, logits_to_keep=1, use_cache=True, **extra)
+
+        _reset_peak()
+        prefill_s, out = _median(prefill, repeats)
+        cache, nxt = _cache(out), out.logits[:, -1:].argmax(-1)
+        decode_s = None
+        if decode_tokens:
+            pos = extra.get("position_ids")
+            t = time.perf_counter()
+            for i in range(decode_tokens):
+                step = {} if pos is None else {"position_ids": pos[..., -1:] + 1 + i}
+                o = stock(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1, **step)
+                cache, nxt = _cache(o), o.logits[:, -1:].argmax(-1)
+            decode_s = time.perf_counter() - t
+    llm_tokens = int(c.input_ids.shape[1])
+    fv, fl = flops(model, family, frames, llm_tokens)
+    return {
+        "frames": frames, "method": method, "retention": r, "vision_s": vision_s, "saliency_s": saliency_s,
+        "prune_s": prune_s, "prefill_s": prefill_s, "ttft_s": vision_s + saliency_s + prune_s + prefill_s,
+        "decode_tok_s": None if not decode_s else decode_tokens / decode_s, "peak_mem_gb": _rss_gb("VmHWM"),
+        "flops_vision": fv, "flops_llm": fl, "llm_tokens": llm_tokens, "tokens_kept": kept.num_kept,
+    }
+
+
+def run(arch: str, frames: list[int], methods: list[str], retentions: list[float], dtype=torch.bfloat16,
+        repeats: int = 2, decode_tokens: int = 8, layers: int | None = None, progress: bool = True) -> list[dict]:
+    """Every (frames, method, retention) on one random-weight model of ``arch``. With ``layers`` the LLM and the
+    tower are cut to that depth and their times scaled per layer (``estimated``: True)."""
+    from tqdm import tqdm
+
+    if arch not in ARCHS:
+        raise ValueError(f"--arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    family, vis, txt = ARCHS[arch]
+    full_llm = txt["num_hidden_layers"]
+    full_vis = vis.get("num_hidden_layers", vis.get("depth"))
+    model, family = build(arch, dtype, layers=layers, vision_layers=layers and min(layers, full_vis))
+    llm_scale = full_llm / layers if layers else 1.0
+    vis_scale = full_vis / min(layers, full_vis) if layers else 1.0
+    jobs = [(f, m, r) for f in frames for m in methods for r in ([1.0] if m == "none" else retentions)]
+    rows = []
+    with torch.inference_mode():
+        for f, m, r in tqdm(jobs, desc=f"bench {arch}", disable=not progress):
+            row = measure(model, family, f, m, r, repeats, decode_tokens, dtype)
+            row["vision_s"] *= vis_scale
+            row["saliency_s"] *= vis_scale if family == "qwen" else 1.0
+            row["prefill_s"] *= llm_scale
+            if row["decode_tok_s"]:
+                row["decode_tok_s"] /= llm_scale
+            if layers:  # FLOPs of the full-depth model
+                row["flops_vision"] *= vis_scale
+                row["flops_llm"] *= llm_scale
+            row["ttft_s"] = row["vision_s"] + row["saliency_s"] + row["prune_s"] + row["prefill_s"]
+            row.update(arch=arch, dtype=str(dtype).replace("torch.", ""), device="cpu", estimated=bool(layers))
+            rows.append(row)
+            gc.collect()
+    add_speedups(rows)
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup = TTFT(none) / TTFT(method); limit_speedup = (vision + full prefill) / (vision + this prefill)."""
+    full = {r["frames"]: r for r in rows if r["method"] == "none"}
+    for r in rows:
+        f = full.get(r["frames"])
+        if f is None:
+            r["speedup"] = r["limit_speedup"] = None
+            continue
+        r["speedup"] = f["ttft_s"] / r["ttft_s"]
+        r["limit_speedup"] = (f["vision_s"] + f["prefill_s"]) / (f["vision_s"] + r["prefill_s"])
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'frames':>6} {'method':<10}{'r':>5}{'vision s':>10}{'salien s':>10}{'prune s':>9}{'prefill s':>10}"
+            f"{'TTFT s':>9}{'speedup':>9}{'limit':>7}{'share':>7}{'dec tok/s':>10}{'peak GB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        share = "-" if not r.get("limit_speedup") or r["limit_speedup"] <= 1.0001 else \
+            f"{(r['speedup'] - 1) / (r['limit_speedup'] - 1):.0%}"
+        sp = "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
+        lim = "-" if r.get("limit_speedup") is None else f"{r['limit_speedup']:.2f}x"
+        dec = "-" if not r["decode_tok_s"] else f"{r['decode_tok_s']:.2f}"
+        lines.append(f"{r['frames']:>6} {r['method']:<10}{r['retention']:>5g}{r['vision_s']:>10.2f}{r['saliency_s']:>10.3f}"
+                     f"{r['prune_s']:>9.3f}{r['prefill_s']:>10.2f}{r['ttft_s']:>9.2f}{sp:>9}{lim:>7}{share:>7}{dec:>10}"
+                     f"{r['peak_mem_gb'] or 0:>8.1f}")
+    if any(r["estimated"] for r in rows):
+        lines.append("ESTIMATED: depth-reduced model, times scaled per layer (--layers)")
+    lines.append("share = (speedup - 1) / (limit - 1): how much of what pruning can win this method wins")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> str:
+    """Stacked TTFT bars (vision, saliency, pruning, prefill) per method and retention, one panel per frame count,
+    with the limit pruning can reach drawn as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = sorted({r["frames"] for r in rows})
+    fig, axes = plt.subplots(1, len(frames), figsize=(max(6, 1.1 * len(rows) / len(frames) + 3) * len(frames), 4.5),
+                             squeeze=False)
+    colours = {"vision_s": "#9aa5b1", "saliency_s": "#f0a202", "prune_s": "#d1495b", "prefill_s": "#2e86ab"}
+    for ax, f in zip(axes[0], frames):
+        sub = [r for r in rows if r["frames"] == f]
+        labels = [r["method"] if r["method"] == "none" else f"{r['method']}\n{r['retention']:g}" for r in sub]
+        bottom = [0.0] * len(sub)
+        for key, col in colours.items():
+            vals = [r[key] for r in sub]
+            ax.bar(range(len(sub)), vals, bottom=bottom, color=col, label=key[:-2])
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        full = next((r for r in sub if r["method"] == "none"), None)
+        if full:
+            ax.axhline(full["vision_s"], color="k", ls="--", lw=1, label="tower alone (the floor)")
+        for i, r in enumerate(sub):
+            if r.get("speedup"):
+                ax.text(i, bottom[i], f"{r['speedup']:.2f}x", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(sub)), labels, fontsize=8)
+        ax.set_ylabel("seconds")
+        est = " (estimated)" if any(r["estimated"] for r in sub) else ""
+        ax.set_title(f"{sub[0]['arch']}, {f} frames, {sub[0]['dtype']} {sub[0]['device']}{est}: TTFT", fontsize=10)
+    axes[0][0].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,62 @@
+"""The TTFT profiler: FLOPs model against hand counts, and an end-to-end run on tiny configs with every JSON field."""
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tango_prune.bench import archs  # noqa: E402
+from tango_prune.bench.archs import Shape, llm_prefill_flops, vit_flops  # noqa: E402
+from tango_prune.cli import main  # noqa: E402
+
+TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=112,
+                patch_size=14)
+TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=400)
+TINY_QWEN_VIT = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                     spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+                     in_channels=3, tokens_per_second=2)
+FIELDS = {"arch", "frames", "method", "retention", "dtype", "device", "vision_s", "saliency_s", "prune_s", "prefill_s",
+          "ttft_s", "decode_tok_s", "peak_mem_gb", "flops_vision", "flops_llm", "limit_speedup", "speedup", "estimated"}
+
+
+def test_vit_flops_by_hand():
+    # 4 tokens, width 2, MLP 3, one layer, patch dim 5:
+    # patch embed 2*4*5*2 = 80; q,k,v,o 2*4*4*2*2 = 128; MLP 2*4*2*2*3 = 96; attention 2*2*4*4*2 = 128
+    assert vit_flops(Shape(tokens=4, hidden=2, mlp=3, layers=1), patch_dim=5) == 80 + 128 + 96 + 128
+    # gated MLP adds a third matrix; a window of 2 halves the attention term
+    assert vit_flops(Shape(4, 2, 3, 1, gated=True, span=2), 5) == 80 + 128 + 144 + 64
+
+
+def test_llm_flops_by_hand():
+    # 3 tokens, width 4, MLP 5, kv 2, 1 layer, vocab 7:
+    # projections 2*3*(2*16 + 2*8 + 3*20) = 648; causal attention 2*2*(3*4/2)*4 = 96; LM head (last token) 2*4*7 = 56
+    assert llm_prefill_flops(3, 4, 5, 1, 2, 7) == 648 + 96 + 56
+
+
+@pytest.fixture
+def tiny_archs(monkeypatch):
+    monkeypatch.setitem(archs.ARCHS, "tiny-ov", ("llava", TINY_VIT, TINY_LLM))
+    monkeypatch.setitem(archs.ARCHS, "tiny-qwen", ("qwen", TINY_QWEN_VIT, TINY_LLM))
+
+
+@pytest.mark.parametrize("arch", ["tiny-ov", "tiny-qwen"])
+def test_bench_runs_end_to_end_with_every_field(arch, tiny_archs, tmp_path, capsys):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    assert main(["bench", "--arch", arch, "--frames", "4", "--methods", "none,tango,topk", "--retention", "0.25",
+                 "--repeats", "1", "--decode-tokens", "2", "--json", str(out), "--plot", str(png), "--quiet"]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 3 and all(FIELDS <= set(r) for r in rows)
+    none = next(r for r in rows if r["method"] == "none")
+    tango = next(r for r in rows if r["method"] == "tango")
+    assert none["speedup"] == pytest.approx(1.0) and tango["flops_llm"] < none["flops_llm"]
+    assert tango["flops_vision"] == none["flops_vision"] > 0 and not tango["estimated"]
+    assert tango["ttft_s"] == pytest.approx(tango["vision_s"] + tango["saliency_s"] + tango["prune_s"] + tango["prefill_s"])
+    assert png.read_bytes()[:4] == b"\x89PNG" and "TTFT s" in capsys.readouterr().out
+
+
+def test_bench_layers_is_labelled_estimated(tiny_archs, tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--arch", "tiny-ov", "--frames", "4", "--methods", "none", "--layers", "1", "--repeats", "1",
+                 "--decode-tokens", "0", "--json", str(out), "--quiet"]) == 0
+    assert all(r["estimated"] for r in json.loads(out.read_text())["results"])

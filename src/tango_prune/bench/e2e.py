@@ -75,7 +75,9 @@ def measure(model, family: str, tower: dict, method: str, retention: float, repe
     prune_s, kept = _median(lambda: pruner(vt), repeats)
     with apply(model, method, r) as h:
         kw, ctx = dict(base), {}
-        h.encode(kw, ctx)  # fills ctx (Qwen grids) and pops the video inputs
+        kw.pop("pixel_values_videos")  # the tower already ran (measure_tower); only its grid bookkeeping is needed
+        if family == "qwen":
+            ctx.update(video_grid_thw=kw.pop("video_grid_thw"), second_per_grid_ts=kw.pop("second_per_grid_ts", None))
         extra, full_n, short_n = h.assemble([vt], [kept], kw, ctx)
         ids = kw.pop("input_ids")
         c = compact_video_runs(ids, None, h.video_token_id(), full_n, short_n, h.pad_id())

@@ -60,3 +60,10 @@ def test_bench_layers_is_labelled_estimated(tiny_archs, tmp_path):
     assert main(["bench", "--arch", "tiny-ov", "--frames", "4", "--methods", "none", "--layers", "1", "--repeats", "1",
                  "--decode-tokens", "0", "--json", str(out), "--quiet"]) == 0
     assert all(r["estimated"] for r in json.loads(out.read_text())["results"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message for machines without a GPU")
+def test_bench_cuda_without_gpu_is_a_one_line_error(capsys):
+    assert main(["bench", "--arch", "llava-ov-0.5b", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CUDA" in err

@@ -145,11 +145,11 @@ def cmd_bench(args) -> int:
     from .eval.compare import resolve_methods
 
     methods = [name for _, name, _ in resolve_methods(args.methods)]
-    if args.device != "cpu":
-        raise UsageError("tango-prune bench measures on cpu here; --device cuda is not implemented yet")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise UsageError(f"--device takes cpu or cuda[:N], got {args.device!r}")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     rows = run(args.arch, args.frames, methods, args.retention, dtype, args.repeats, args.decode_tokens,
-               args.layers, progress=not args.quiet)
+               args.layers, progress=not args.quiet, device=args.device)
     print(format_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"results": rows}, indent=1))

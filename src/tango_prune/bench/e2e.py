@@ -21,14 +21,32 @@ from .pruner import _reset_peak, _rss_gb
 SALIENCY_FREE = {"none", "uniform", "random", "divprune"}
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _median(fn, repeats: int) -> tuple[float, object]:
     out = fn()  # warm-up
     secs = []
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         out = fn()
+        _sync()  # GPU work is asynchronous: time it to completion
         secs.append(time.perf_counter() - t)
     return statistics.median(secs), out
+
+
+def _peak_reset(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak()
+
+
+def _peak_gb(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else _rss_gb("VmHWM")
 
 
 def _cache(out):
@@ -37,6 +55,11 @@ def _cache(out):
 
 
 def video_inputs(model, family: str, frames: int, dtype, text_before: int = 32, text_after: int = 16) -> dict:
+    dev = next(model.parameters()).device
+    return {k: v.to(dev) for k, v in _video_inputs(model, family, frames, dtype, text_before, text_after).items()}
+
+
+def _video_inputs(model, family: str, frames: int, dtype, text_before: int, text_after: int) -> dict:
     """Processor-shaped inputs for one video of ``frames`` frames at the model's resolution (random pixels)."""
     g = torch.Generator().manual_seed(0)
     cfg = model.config
@@ -87,7 +110,8 @@ def measure(model, family: str, tower: dict, method: str, retention: float, repe
         def prefill():
             return stock(input_ids=c.input_ids, logits_to_keep=1, use_cache=True, **extra)
 
-        _reset_peak()
+        device = str(next(model.parameters()).device)
+        _peak_reset(device)
         prefill_s, out = _median(prefill, repeats)
         cache, nxt = _cache(out), out.logits[:, -1:].argmax(-1)
         decode_s = None
@@ -104,13 +128,14 @@ def measure(model, family: str, tower: dict, method: str, retention: float, repe
     return {
         "frames": tower["frames"], "method": method, "retention": r, "vision_s": tower["vision_s"],
         "saliency_s": tower["saliency_s"] if uses_saliency else 0.0, "prune_s": prune_s, "prefill_s": prefill_s,
-        "decode_tok_s": None if not decode_s else decode_tokens / decode_s, "peak_mem_gb": _rss_gb("VmHWM"),
+        "decode_tok_s": None if not decode_s else decode_tokens / decode_s, "peak_mem_gb": _peak_gb(device),
         "flops_vision": fv, "flops_llm": fl, "llm_tokens": llm_tokens, "tokens_kept": kept.num_kept,
     }
 
 
 def run(arch: str, frames: list[int], methods: list[str], retentions: list[float], dtype=torch.bfloat16,
-        repeats: int = 2, decode_tokens: int = 8, layers: int | None = None, progress: bool = True) -> list[dict]:
+        repeats: int = 2, decode_tokens: int = 8, layers: int | None = None, progress: bool = True,
+        device: str = "cpu") -> list[dict]:
     """Every (frames, method, retention) on one random-weight model of ``arch``. With ``layers`` the LLM and the
     tower are cut to that depth and their times scaled per layer (``estimated``: True)."""
     from tqdm import tqdm
@@ -120,7 +145,10 @@ def run(arch: str, frames: list[int], methods: list[str], retentions: list[float
     family, vis, txt = ARCHS[arch]
     full_llm = txt["num_hidden_layers"]
     full_vis = vis.get("num_hidden_layers", vis.get("depth"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda needs a CUDA build of torch and a GPU; this torch sees none (use --device cpu)")
     model, family = build(arch, dtype, layers=layers, vision_layers=layers and min(layers, full_vis))
+    model = model.to(device)
     llm_scale = full_llm / layers if layers else 1.0
     vis_scale = full_vis / min(layers, full_vis) if layers else 1.0
     jobs = [(f, m, r) for f in frames for m in methods for r in ([1.0] if m == "none" else retentions)]
@@ -138,7 +166,7 @@ def run(arch: str, frames: list[int], methods: list[str], retentions: list[float
             if layers:  # FLOPs of the full-depth model
                 row["flops_vision"] *= vis_scale
                 row["flops_llm"] *= llm_scale
-            row.update(arch=arch, dtype=str(dtype).replace("torch.", ""), device="cpu", estimated=bool(layers))
+            row.update(arch=arch, dtype=str(dtype).replace("torch.", ""), device=device, estimated=bool(layers))
             rows.append(row)
             gc.collect()
     finalize(rows)

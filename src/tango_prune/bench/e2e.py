@@ -217,36 +217,37 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> str:
-    """Stacked TTFT bars (vision, saliency, pruning, prefill) per method and retention, one panel per frame count,
-    with the limit pruning can reach drawn as a dashed line."""
+    """Per frame count, one horizontal bar per method and retention: the time each adds on top of the vision tower
+    (saliency, pruning, prefill), stacked, labelled with its TTFT speed-up. The tower's own time, the same for all,
+    is in the title: drawing it would flatten every difference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     frames = sorted({r["frames"] for r in rows})
-    fig, axes = plt.subplots(1, len(frames), figsize=(max(6, 1.1 * len(rows) / len(frames) + 3) * len(frames), 4.5),
-                             squeeze=False)
-    colours = {"vision_s": "#9aa5b1", "saliency_s": "#f0a202", "prune_s": "#d1495b", "prefill_s": "#2e86ab"}
+    n = max(len([r for r in rows if r["frames"] == f]) for f in frames)
+    fig, axes = plt.subplots(1, len(frames), figsize=(7.5 * len(frames), 1.2 + 0.32 * n), squeeze=False)
+    colours = {"saliency_s": "#f0a202", "prune_s": "#d1495b", "prefill_s": "#2e86ab"}
     for ax, f in zip(axes[0], frames):
-        sub = [r for r in rows if r["frames"] == f]
-        labels = [r["method"] if r["method"] == "none" else f"{r['method']}\n{r['retention']:g}" for r in sub]
-        bottom = [0.0] * len(sub)
+        sub = sorted((r for r in rows if r["frames"] == f), key=lambda r: (r["method"] != "none", r["method"], r["retention"]))
+        labels = ["none (all tokens)" if r["method"] == "none" else f"{r['method']} {r['retention']:g}" for r in sub]
+        y = list(range(len(sub)))[::-1]
+        left = [0.0] * len(sub)
         for key, col in colours.items():
             vals = [r[key] for r in sub]
-            ax.bar(range(len(sub)), vals, bottom=bottom, color=col, label=key[:-2])
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        full = next((r for r in sub if r["method"] == "none"), None)
-        if full:
-            ax.axhline(full["vision_s"], color="k", ls="--", lw=1, label="tower alone (the floor)")
-        for i, r in enumerate(sub):
+            ax.barh(y, vals, left=left, color=col, label=key[:-2])
+            left = [a + v for a, v in zip(left, vals)]
+        for yi, r, x in zip(y, sub, left):
             if r.get("speedup"):
-                ax.text(i, bottom[i], f"{r['speedup']:.2f}x", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(sub)), labels, fontsize=8)
-        ax.set_ylabel("seconds")
-        est = " (estimated)" if any(r["estimated"] for r in sub) else ""
-        ax.set_title(f"{sub[0]['arch']}, {f} frames, {sub[0]['dtype']} {sub[0]['device']}{est}: TTFT", fontsize=10)
-    axes[0][0].legend(fontsize=8, loc="upper right")
+                ax.text(x, yi, f" {r['speedup']:.2f}x (limit {r['limit_speedup']:.2f}x)", va="center", fontsize=8)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_xlim(0, max(left) * 1.45)
+        ax.set_xlabel("seconds on top of the vision tower")
+        est = ", estimated" if any(r["estimated"] for r in sub) else ""
+        ax.set_title(f"{sub[0]['arch']}, {f} frames, {sub[0]['dtype']} {sub[0]['device']}{est}\n"
+                     f"vision tower {sub[0]['vision_s']:.1f} s for every method; TTFT speed-up at the right", fontsize=9)
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -125,3 +125,15 @@ def test_demo_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--retention", "2"])
     assert e.value.code == 2
+
+
+def test_viz_one_method_and_compare(tmp_path, capsys):
+    f = write_video(tmp_path / "v.mp4")
+    one, many = tmp_path / "one.png", tmp_path / "many.png"
+    assert main(["viz", str(f), "--frames", "6", "--retention", "0.2", "-o", str(one)]) == 0
+    assert main(["viz", str(f), "--frames", "6", "--compare", "tango,topk,uniform", "-o", str(many)]) == 0
+    assert one.read_bytes()[:4] == b"\x89PNG" and many.stat().st_size > one.stat().st_size / 2
+    capsys.readouterr()
+    assert main(["viz", str(f), "--compare", "tango,nosuch", "-o", str(many)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown method" in err

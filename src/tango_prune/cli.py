@@ -159,6 +159,28 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_viz(args) -> int:
+    from .eval.compare import resolve_methods
+    from .methods import get_method
+    from .video import pixel_patch_tokens
+    from .viz import draw_compare, draw_kept
+
+    entries = resolve_methods(args.compare or args.method)
+    frames, vt = pixel_patch_tokens(args.video, args.frames)
+    T, L, _ = vt.features.shape
+    results = [(label, get_method(name)(retention=args.retention, **opts)(vt)) for label, name, opts in entries]
+    name = Path(args.video).name
+    if args.compare:
+        path = draw_compare(frames, results, args.output, f"{name}: {T} frames, retention {args.retention:g} (pixel-patch tokens)",
+                            vt.timestamps)
+    else:
+        label, out = results[0]
+        path = draw_kept(frames, out, args.output, f"{label} @ {args.retention:g} on {name}: {out.num_kept} of {T * L} tokens",
+                         vt.timestamps)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args, rest: list[str]) -> int:
     from . import demo
 
@@ -218,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_compare)
+
+    v = sub.add_parser("viz", help="picture of the tokens a method keeps on a video (or several, side by side)")
+    v.add_argument("video")
+    v.add_argument("--method", default="tango")
+    v.add_argument("--compare", help="comma-separated methods, one row each (e.g. tango,topk,uniform)")
+    v.add_argument("--retention", type=_retention, default=0.1)
+    v.add_argument("--frames", type=int, default=16)
+    v.add_argument("-o", "--output", required=True, help="PNG file to write")
+    v.set_defaults(func=cmd_viz)
 
     d = sub.add_parser("demo", help="decode a real clip, prune its tokens, draw what was kept", add_help=False)
     d.set_defaults(func=cmd_demo)

@@ -85,3 +85,40 @@ def draw_kept(
     plt.close(fig)
     return path
 
+
+
+def draw_compare(frames: Tensor | np.ndarray, results: list[tuple[str, Pruned]], path: str | Path, title: str = "",
+                 timestamps: Tensor | None = None, max_frames: int = 4) -> Path:
+    """One row per method, the same sampled frames in every row, so what each method kept can be compared."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("results is empty; pass at least one (label, Pruned)")
+    fr = frames.cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    T, H, W = results[0][1].grid
+    if fr.shape[0] != T or fr.shape[1] % H or fr.shape[2] % W:
+        raise ValueError(f"frames {fr.shape} do not tile the token grid {(T, H, W)}; pass the frames the tokens came from")
+    show = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
+    aspect = fr.shape[2] / fr.shape[1]
+    fig, axes = plt.subplots(len(results), len(show), figsize=(2.6 * aspect * len(show), 2.6 * len(results) + 0.8),
+                             squeeze=False)
+    for row, (label, out) in zip(axes, results):
+        img = token_overlay(fr, out, (fr.shape[1] // H, fr.shape[2] // W))
+        for ax, t in zip(row, show):
+            ax.imshow(img[t], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            when = f"t={float(timestamps[t]):.1f}s" if timestamps is not None else f"frame {t}"
+            ax.set_title(when, fontsize=8)
+        row[0].set_ylabel(f"{label}\n{out.num_kept} kept", fontsize=9)
+    fig.suptitle((title + "\n" if title else "")
+                 + "outlined: kept token; tinted: merged into the kept token of that colour; dark: dropped", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

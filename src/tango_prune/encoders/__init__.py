@@ -1,0 +1,1 @@
+"""Real vision towers usable without a hub."""

@@ -3,6 +3,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI explores the same examples every run (a red CI must be reproducible); local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("TANGO_REQUIRE_GOLDEN") == "1" or os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("TANGO_GOLDEN_DIR", ROOT.parent / "shared" / "golden"))

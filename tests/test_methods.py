@@ -195,3 +195,10 @@ def test_context_ratio_zero_merges_nothing_dynamic(seed):
     vt = VideoTokens(torch.randn(4, 16, 12, generator=g), torch.rand(4, 16, generator=g), (4, 4, 4))
     out = prune_video_tokens(vt, TangoConfig(retention=0.25, context_ratio=0.0, static_merge=False))
     assert not out.merged.any()
+
+
+def test_holitom_keeps_a_token_of_a_fully_static_video():
+    """Found by hypothesis: at low retention the release's round() keeps nothing of an all-static segment."""
+    vt = VideoTokens(torch.ones(2, 1, 3), None, (2, 1, 1))
+    out = get_method("holitom")(retention=0.25)(vt)
+    assert out.num_kept == 1 and out.merged.all() and (out.assignment == 0).all()

@@ -61,7 +61,8 @@ class HoliTom:
     max_window=1024 (MAX_WINDOW_SIZE); budget="reference" (the release's count, which rounds up per
     frame) or "exact" (exactly round(r T L), as Tango's exact mode).
     Saliency: the given one (HoliTom uses the vision tower's attention) or the feature-only fallback.
-    Departures: no random 1e-6 density noise (deterministic ties); distances as the release's
+    Departures: no random 1e-6 density noise (deterministic ties); a fully static segment keeps at least one token
+    (at low r the release's round() can keep none of it); distances as the release's
     ``cdist / sqrt(D)``, computed blockwise.
     """
 
@@ -106,6 +107,8 @@ class HoliTom:
             if ns and n > 1:
                 pos = static.nonzero().flatten()
                 keep = round(ns * r)
+                if keep == 0 and ns == L:  # a fully static segment would vanish (the release returns nothing)
+                    keep = 1
                 if keep > 0:
                     mean = feats[a : a + n, pos].float().mean(dim=0, keepdim=True)
                     c, f, g = density_merge(mean, keep, self.beta, self.k)

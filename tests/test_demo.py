@@ -137,3 +137,10 @@ def test_viz_one_method_and_compare(tmp_path, capsys):
     assert main(["viz", str(f), "--compare", "tango,nosuch", "-o", str(many)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown method" in err
+
+
+def test_demo_pixel_tokens_say_so(tmp_path, capsys):
+    f = write_video(tmp_path / "v.mp4")
+    assert main(["demo", "--video", str(f), "--frames", "4", "--tokens", "pixels", "--height", "64",
+                 "-o", str(tmp_path / "d.png")]) == 0
+    assert "pixel-patch features" in capsys.readouterr().out

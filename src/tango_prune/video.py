@@ -106,14 +106,18 @@ def patchify(frames: Tensor, patch: int) -> Tensor:
     return x.reshape(T, H * W, patch * patch * C)
 
 
-def resize_frames(frames: Tensor, height: int, patch: int) -> Tensor:
-    """Resize (T, h, w, 3) uint8 to ``height`` rows, width to the nearest multiple of ``patch``
-    keeping the aspect ratio (no torchvision needed)."""
-    T, h, w, _ = frames.shape
-    width = max(patch, round(w * height / h / patch) * patch)
+def resize_uint8(frames: Tensor, height: int, width: int) -> Tensor:
+    """(T, h, w, 3) uint8 -> (T, height, width, 3) uint8, antialiased bilinear (no torchvision needed)."""
     x = frames.permute(0, 3, 1, 2).float()
     x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def resize_frames(frames: Tensor, height: int, patch: int) -> Tensor:
+    """Resize (T, h, w, 3) uint8 to ``height`` rows, width to the nearest multiple of ``patch``
+    keeping the aspect ratio."""
+    _, h, w, _ = frames.shape
+    return resize_uint8(frames, height, max(patch, round(w * height / h / patch) * patch))
 
 
 def pixel_patch_tokens(path: str | Path, num_frames: int = 16, height: int = 224, patch: int = 16):

@@ -40,6 +40,15 @@ def token_overlay(frames: np.ndarray, out: Pruned, patch: tuple[int, int]) -> np
     return np.clip(res, 0.0, 1.0)
 
 
+def _frames_for(frames: Tensor | np.ndarray, grid: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The frames as a numpy array and the pixel size of one token, checked against the token grid."""
+    fr = frames.cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    T, H, W = grid
+    if fr.shape[0] != T or fr.shape[1] % H or fr.shape[2] % W:
+        raise ValueError(f"frames {fr.shape} do not tile the token grid {grid}; pass the frames the tokens came from")
+    return fr, (fr.shape[1] // H, fr.shape[2] // W)
+
+
 def draw_kept(
     frames: Tensor | np.ndarray,
     out: Pruned,
@@ -57,11 +66,9 @@ def draw_kept(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fr = frames.cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
-    T, H, W = out.grid
-    if fr.shape[0] != T or fr.shape[1] % H or fr.shape[2] % W:
-        raise ValueError(f"frames {fr.shape} do not tile the token grid {out.grid}; pass the frames the tokens came from")
-    img = token_overlay(fr, out, (fr.shape[1] // H, fr.shape[2] // W))
+    fr, patch = _frames_for(frames, out.grid)
+    T = out.grid[0]
+    img = token_overlay(fr, out, patch)
     show = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
     cols = min(4, len(show))
     rows = math.ceil(len(show) / cols)
@@ -97,16 +104,14 @@ def draw_compare(frames: Tensor | np.ndarray, results: list[tuple[str, Pruned]],
 
     if not results:
         raise ValueError("results is empty; pass at least one (label, Pruned)")
-    fr = frames.cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
-    T, H, W = results[0][1].grid
-    if fr.shape[0] != T or fr.shape[1] % H or fr.shape[2] % W:
-        raise ValueError(f"frames {fr.shape} do not tile the token grid {(T, H, W)}; pass the frames the tokens came from")
+    fr, patch = _frames_for(frames, results[0][1].grid)
+    T = fr.shape[0]
     show = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
     aspect = fr.shape[2] / fr.shape[1]
     fig, axes = plt.subplots(len(results), len(show), figsize=(2.6 * aspect * len(show), 2.6 * len(results) + 0.8),
                              squeeze=False)
     for row, (label, out) in zip(axes, results):
-        img = token_overlay(fr, out, (fr.shape[1] // H, fr.shape[2] // W))
+        img = token_overlay(fr, out, patch)
         for ax, t in zip(row, show):
             ax.imshow(img[t], interpolation="nearest")
             ax.set_xticks([])

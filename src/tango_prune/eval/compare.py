@@ -48,8 +48,9 @@ def resolve_methods(spec: str) -> list[tuple[str, str, dict]]:
 
 
 def compare(vt: VideoTokens, methods: list[tuple[str, str, dict]], retentions: list[float], repeats: int = 1,
-            progress: bool = False) -> list[dict]:
-    """One row per (method, retention); 'none' runs once. Seconds are the median of ``repeats`` warm calls."""
+            progress: bool = False, outputs: list | None = None) -> list[dict]:
+    """One row per (method, retention); 'none' runs once. Seconds are the median of ``repeats`` warm calls.
+    ``outputs``, when given, receives each row's Pruned in the same order (for pictures, without pruning again)."""
     from tqdm import tqdm
 
     # every pruner is built before any runs, so a bad option fails at once, not after minutes of work
@@ -64,6 +65,8 @@ def compare(vt: VideoTokens, methods: list[tuple[str, str, dict]], retentions: l
             pruner(vt)
             secs.append(time.perf_counter() - t)
         frag = fragmentation(out)
+        if outputs is not None:
+            outputs.append(out)
         rows.append({
             "method": label, "retention": r, "tokens_full": vt.num_tokens, "tokens_kept": out.num_kept,
             "seconds": statistics.median(secs), "coverage": coverage(vt, out),

@@ -82,9 +82,10 @@ class Backgrounds:
         idx = np.clip(np.arange(start, start + FRAMES), 0, T - 1)
         side = int(rng.integers(min(H, W) // 2, min(H, W) + 1))
         y, x = rng.integers(0, H - side + 1), rng.integers(0, W - side + 1)
-        crop = torch.from_numpy(np.ascontiguousarray(clip[idx, y : y + side, x : x + side])).permute(0, 3, 1, 2).float()
-        out = torch.nn.functional.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
-        return out.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().copy()
+        from ..video import resize_uint8
+
+        crop = torch.from_numpy(np.ascontiguousarray(clip[idx, y : y + side, x : x + side]))
+        return resize_uint8(crop, SIZE, SIZE).numpy().copy()
 
 
 def _count(path: Path) -> int:

@@ -23,9 +23,12 @@ def check_retention(retention: float) -> float:
     return r
 
 
-def no_options(name: str, opts: dict) -> None:
-    if opts:
-        raise ValueError(f"method {name!r} got unknown options {sorted(opts)}; see help(get_method({name!r}))")
+def no_options(name: str, opts: dict, valid=()) -> None:
+    """Reject any option of ``opts`` not named in ``valid``, naming the ones the method takes."""
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        takes = ", ".join(["retention", *valid])
+        raise ValueError(f"method {name!r} got unknown options {unknown}; valid: {takes} (see help(get_method({name!r})))")
 
 
 def frame_budgets(total: int, frames: int, device=None) -> Tensor:

@@ -52,10 +52,7 @@ class DyCoke:
     """
 
     def __init__(self, retention: float = 0.1, **opts) -> None:
-        try:
-            no_options("dycoke", {k: v for k, v in opts.items() if k not in DEFAULTS})
-        except ValueError as e:
-            raise ValueError(f"{e}; valid: retention, {', '.join(DEFAULTS)}") from None
+        no_options("dycoke", opts, DEFAULTS)
         self.retention = check_retention(retention)
         self.k = float(opts.get("k", DEFAULTS["k"]))
         if not 0.0 <= self.k <= 1.0:

@@ -60,10 +60,7 @@ class FastVID:
     exact_budget = True
 
     def __init__(self, retention: float = 0.1, **opts) -> None:
-        try:
-            no_options("fastvid", {k: v for k, v in opts.items() if k not in DEFAULTS})
-        except ValueError as e:
-            raise ValueError(f"{e}; valid: retention, {', '.join(DEFAULTS)}") from None
+        no_options("fastvid", opts, DEFAULTS)
         self.retention = check_retention(retention)
         o = {**DEFAULTS, **opts}
         self.c, self.tau, self.d, self.p, self.k, self.beta = (int(o["c"]), float(o["tau"]), float(o["d"]),

@@ -96,7 +96,7 @@ class PruneHandle:
         extra, full, short = self.assemble(videos, kept, kwargs, ctx)
         attention_mask = kwargs.pop("attention_mask", None)
         c = compact_video_runs(input_ids, attention_mask, self.video_token_id(), full, short, self.pad_id())
-        extra.update(self.positions(c, input_ids, attention_mask, kept, kwargs, ctx))
+        extra.update(self.positions(c, input_ids, attention_mask, kept, kwargs, ctx))  # sees the caller's kwargs
         for key in ("mm_token_type_ids", "token_type_ids"):  # per-position inputs follow the tokens they describe
             v = kwargs.get(key)
             if isinstance(v, Tensor) and v.shape == input_ids.shape:

@@ -79,8 +79,8 @@ class QwenVLHandle(PruneHandle):
     def positions(self, c: Compacted, input_ids: Tensor, attention_mask: Tensor | None, kept: list[Pruned],
                   kwargs: dict, ctx: dict) -> dict:
         inner = self.model.model
-        tt = kwargs.pop("_original_mm_token_type_ids", None)
-        if tt is None:
+        tt = kwargs.get("mm_token_type_ids")  # still the caller's: per-position inputs are compacted after this
+        if tt is None or tt.shape != input_ids.shape:
             tt = (input_ids == self.video_token_id()).int() * 2
             if getattr(self.model.config, "image_token_id", None) is not None:
                 tt = tt + (input_ids == self.model.config.image_token_id).int()
@@ -97,15 +97,6 @@ class QwenVLHandle(PruneHandle):
         text = (c.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         # the stock generate derives decode positions from these deltas; keep them consistent for the caller
         return {"position_ids": torch.cat([text[None], kept_rope], dim=0)}
-
-    def _prepare(self, kwargs: dict):
-        if self.has_video(kwargs) and isinstance(kwargs.get("mm_token_type_ids"), Tensor):
-            kwargs["_original_mm_token_type_ids"] = kwargs["mm_token_type_ids"]
-        out = super()._prepare(kwargs)
-        if out is not None:
-            out[0].pop("_original_mm_token_type_ids", None)
-            out[0].pop("video_grid_thw", None)
-        return out
 
 
 @torch.no_grad()

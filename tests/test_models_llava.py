@@ -181,3 +181,21 @@ def test_cls_attention_saliency_for_a_tower_with_a_cls_token():
     with apply(m, "tango", 0.25) as h:
         m(input_ids=ids, pixel_values_videos=pv)
         assert h.last_stats[0]["saliency"] == "cls-attention" and h.last_stats[0]["tokens_full"] == 2 * L
+
+
+def test_an_instance_level_forward_is_wrapped_and_restored(model):
+    """accelerate's device hooks replace forward on the instance; apply must go through them and give them back."""
+    calls = []
+    stock = type(model).forward.__get__(model)
+
+    def hooked(*a, **kw):
+        calls.append(1)
+        return stock(*a, **kw)
+
+    model.forward = hooked
+    try:
+        with apply(model, "tango", 0.25):
+            model(input_ids=prompt(), pixel_values_videos=video(10))
+        assert calls and model.__dict__["forward"] is hooked
+    finally:
+        del model.forward

@@ -33,8 +33,11 @@ class PruneHandle:
         self.retention = retention
         self.pruner = get_method(method)(retention=retention, **method_opts)
         self.last_stats: list[dict[str, Any]] = []
-        self._stock_forward = type(model).forward.__get__(model)
-        self._stock_generate = type(model).generate.__get__(model)
+        # an instance may already carry its own forward (accelerate's device hooks put one there): wrap that one,
+        # and put it back on remove()
+        self._saved = {n: model.__dict__[n] for n in ("forward", "generate") if n in model.__dict__}
+        self._stock_forward = self._saved.get("forward") or type(model).forward.__get__(model)
+        self._stock_generate = self._saved.get("generate") or type(model).generate.__get__(model)
         # stock signatures stay visible (generate validates kwargs against inspect.signature(model.forward))
         model.forward = functools.wraps(self._stock_forward)(lambda *a, **kw: self._forward(*a, **kw))
         model.generate = functools.wraps(self._stock_generate)(lambda *a, **kw: self._generate(*a, **kw))
@@ -46,6 +49,7 @@ class PruneHandle:
         d = self.model.__dict__
         for name in ("forward", "generate", _ATTR):
             d.pop(name, None)
+        d.update(self._saved)
 
     def __enter__(self) -> PruneHandle:
         return self

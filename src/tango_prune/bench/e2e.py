@@ -174,8 +174,9 @@ def run(arch: str, frames: list[int], methods: list[str], retentions: list[float
 
 
 def finalize(rows: list[dict]) -> None:
-    """The tower does the same work whatever the method: every row of a frame count gets the median of all its
-    tower timings (one noisy tower run must not make a method look faster than its limit); then TTFT and speed-ups."""
+    """TTFT and speed-ups. ``run`` times the tower once per frame count; rows from elsewhere (e.g. JSON of an older
+    run that timed it per method) get the median tower time of their frame count, so that one noisy tower run
+    cannot make a method look faster than its limit."""
     for f in {r["frames"] for r in rows}:
         sub = [r for r in rows if r["frames"] == f]
         v = statistics.median(r["vision_s"] for r in sub)

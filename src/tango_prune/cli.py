@@ -250,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", required=True, help="PNG file to write")
     v.set_defaults(func=cmd_viz)
 
+    from .commands import register
+
+    register(sub, _retentions)
+
     d = sub.add_parser("demo", help="decode a real clip, prune its tokens, draw what was kept", add_help=False)
     d.set_defaults(func=cmd_demo)
     return p

@@ -1,6 +1,8 @@
 """Testbed clips: real video backgrounds with composited objects, and A-D questions whose answers need specific
 frames and regions (as in MVBench). Deterministic from a seed; any folder of background videos works.
 
+Options come in a fixed order per question type (A-D).
+
 Question types (one object layer per clip, objects large enough to survive DINOv2's colour jitter by *shape*):
 - ``brief_shape``: an object is visible in only 1-2 of the 16 frames; which shape was it?
 - ``direction``:   an object crosses the frame; which way does it move?
@@ -96,8 +98,9 @@ def _count(path: Path) -> int:
 
 
 def _options(rng: np.random.Generator, choices: tuple, correct) -> tuple[list, int]:
+    """The options in their fixed order, so the answer's letter depends on the video alone: a small decoder trained
+    from scratch need not also learn to copy an option's position (that pointer task is not what we measure)."""
     opts = list(choices)
-    rng.shuffle(opts)
     return [str(o) for o in opts], opts.index(correct)
 
 

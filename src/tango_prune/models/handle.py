@@ -76,6 +76,22 @@ class PruneHandle:
     def prune_one(self, vt: VideoTokens) -> Pruned:
         return self.pruner(vt)
 
+    def encode_given(self, videos: list[VideoTokens], kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
+        """``video_tokens=`` from ``encode_videos``: drop the pixel inputs the stock call no longer needs."""
+        for key in ("pixel_values_videos", "video_timestamps"):
+            kwargs.pop(key, None)
+        return list(videos), ["given"] * len(videos)
+
+    @torch.no_grad()
+    def encode_videos(self, **inputs) -> list[VideoTokens]:
+        """Run the vision tower once on a call's inputs and return each video's tokens (features, saliency, grid,
+        timestamps). Pass them back as ``model(..., video_tokens=...)`` (any method's handle on this model) to
+        compare methods or ratios without re-encoding."""
+        if inputs.get("pixel_values_videos") is None:
+            raise ValueError("encode_videos needs pixel_values_videos (the processor's video output)")
+        videos, _ = self.encode(dict(inputs), {})
+        return videos
+
     def pad_id(self) -> int:
         cfg = getattr(self.model.config, "text_config", self.model.config)
         pad = getattr(cfg, "pad_token_id", None)
@@ -89,7 +105,8 @@ class PruneHandle:
         if input_ids is None:
             raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
         ctx: dict = {}
-        videos, sources = self.encode(kwargs, ctx)
+        given = kwargs.pop("video_tokens", None)
+        videos, sources = self.encode(kwargs, ctx) if given is None else self.encode_given(given, kwargs, ctx)
         kept, stats = [], []
         for vt, src in zip(videos, sources):
             t = time.perf_counter()
@@ -120,7 +137,7 @@ class PruneHandle:
         return kwargs, c, input_ids
 
     def has_video(self, kwargs: dict) -> bool:
-        return kwargs.get("pixel_values_videos") is not None
+        return kwargs.get("pixel_values_videos") is not None or kwargs.get("video_tokens") is not None
 
     def video_token_id(self) -> int:
         return int(self.model.config.video_token_id)

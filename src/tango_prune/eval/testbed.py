@@ -47,7 +47,8 @@ def tokenizer():
 
     tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"<[a-z]+>|[a-z]+|\d+|[^\sa-z\d]"), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Split(Regex(_WORD.pattern), behavior="isolated")])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
                                    unk_token="<unk>", padding_side="left")
 

@@ -24,6 +24,15 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), 
 DIRECTIONS = ("left", "right", "up", "down")
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 TYPES = ("brief_shape", "direction", "count", "order", "location")
+TEMPLATES = {
+    "brief_shape": "A {colour} object appears for a moment. What shape is it?",
+    "direction": "Which way does the {colour} {shape} move?",
+    "count": "How many times does a {colour} {shape} appear?",
+    "order": "Two {colour} objects appear one after the other. Which shape appears first?",
+    "location": "Where in the picture does the {colour} {shape} appear?",
+}
+OPTIONS = {"brief_shape": SHAPES, "direction": DIRECTIONS, "count": ("1", "2", "3", "4"), "order": SHAPES,
+           "location": QUADRANTS}
 
 
 @dataclass
@@ -115,7 +124,7 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
         top, left = (int(v) for v in rng.integers(lo, hi, 2))
         for t in range(t0, min(FRAMES, t0 + span)):
             paste(frames[t], shape, colour, top, left)
-        q = f"A {colour} object appears for a moment. What shape is it?"
+        q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, SHAPES, shape)
     elif qtype == "direction":
         d = str(rng.choice(DIRECTIONS))
@@ -126,7 +135,7 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
         for t in range(FRAMES):
             top, left = (fixed, path[t]) if d in ("left", "right") else (path[t], fixed)
             paste(frames[t], shape, colour, top, left)
-        q = f"Which way does the {colour} {shape} move?"
+        q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, DIRECTIONS, d)
     elif qtype == "count":
         n = int(rng.integers(1, 5))
@@ -135,8 +144,8 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
             top, left = (int(v) for v in rng.integers(lo, hi, 2))
             for t in range(s, min(FRAMES, s + 3)):
                 paste(frames[t], shape, colour, top, left)
-        q = f"How many times does a {colour} {shape} appear?"
-        opts, ans = _options(rng, (1, 2, 3, 4), n)
+        q = TEMPLATES[qtype].format(colour=colour, shape=shape)
+        opts, ans = _options(rng, OPTIONS[qtype], str(n))
     elif qtype == "order":
         first, second = (str(s) for s in rng.choice(SHAPES, size=2, replace=False))
         t1 = int(rng.integers(0, FRAMES // 2 - 3))
@@ -145,7 +154,7 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
             top, left = (int(v) for v in rng.integers(lo, hi, 2))
             for t in range(t0, t0 + 3):
                 paste(frames[t], s, colour, top, left)
-        q = f"Two {colour} objects appear one after the other. Which shape appears first?"
+        q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, SHAPES, first)
     elif qtype == "location":
         quad = int(rng.integers(4))
@@ -155,12 +164,26 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
         t0 = int(rng.integers(0, FRAMES - 4))
         for t in range(t0, t0 + 4):
             paste(frames[t], shape, colour, top, left)
-        q = f"Where in the picture does the {colour} {shape} appear?"
+        q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, QUADRANTS, QUADRANTS[quad])
     else:
         raise ValueError(f"qtype must be one of {TYPES}, got {qtype!r}")
     ts = torch.arange(FRAMES, dtype=torch.float32) * 0.5
     return Sample(torch.from_numpy(frames), ts, q, opts, ans, qtype)
+
+
+def match_question(question: str) -> tuple[str, list[str]]:
+    """(question type, its options) for a question in one of the templates (case and spacing ignored)."""
+    import re
+
+    norm = " ".join(question.lower().split())
+    for qtype, t in TEMPLATES.items():
+        pat = re.escape(t.lower()).replace(r"\{colour\}", "(" + "|".join(COLOURS) + ")").replace(
+            r"\{shape\}", "(" + "|".join(SHAPES) + ")")
+        if re.fullmatch(pat, norm):
+            return qtype, list(OPTIONS[qtype])
+    raise ValueError(f"the testbed model understands only its own question templates, not {question!r}; "
+                     "see tango-prune run --list-questions")
 
 
 def generate(n: int, seed: int = 0, videos: str | Path | None = None, types: tuple[str, ...] = TYPES) -> list[Sample]:

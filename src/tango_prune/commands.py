@@ -97,9 +97,13 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
         from .eval.testbed_data import match_question
 
         _, options = match_question(question)  # before the slow part: a question it cannot answer fails at once
-        if not quiet:
-            print(TESTBED_NOTE, file=sys.stderr)
+    else:
+        from .models.zoo import checkpoint_class
+
+        checkpoint_class(model_spec)  # a dir we cannot run fails before decoding
     clip, ts = read_frames(video_path, None if fps else (frames or (16 if testbed else 32)), fps)
+    if testbed and not quiet:  # after the checks, so an error stays the only line
+        print(TESTBED_NOTE, file=sys.stderr)
     if testbed:
         model, _ = tb.load_testbed(None if model_spec == "testbed" else model_spec)
         clip = _square(clip)

@@ -11,22 +11,30 @@ FAMILIES = ("llava-onevision", "qwen2.5-vl")
 TINY_IDS = {"pad": 0, "bos": 1, "eos": 2, "vision_end": 395, "vision_start": 396, "image": 397, "video": 398}
 
 
-def load_model(path: str | Path, dtype: torch.dtype | str = "auto", device: str | None = None):
-    """A supported Video LLM from a local Hugging Face checkpoint dir (never the network)."""
-    from transformers import AutoConfig
+def checkpoint_class(path: str | Path):
+    """The transformers class of a local checkpoint dir, if it is one we support (reads config.json only)."""
+    import json
 
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ValueError(f"{path} is not a Hugging Face checkpoint dir (no config.json); download it first, then pass its path")
-    arch = (AutoConfig.from_pretrained(p, local_files_only=True).architectures or ["?"])[0]
     import transformers
 
     from . import SUPPORTED
 
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{path} is not a Hugging Face checkpoint dir (no config.json); download it first, then pass its path")
+    try:
+        arch = (json.loads((p / "config.json").read_text()).get("architectures") or ["?"])[0]
+    except (ValueError, AttributeError):
+        raise ValueError(f"{p / 'config.json'} is not valid JSON; is {path} a complete checkpoint?") from None
     if arch not in SUPPORTED:
         raise ValueError(f"{path} holds a {arch}; supported: {', '.join(SUPPORTED)}")
-    cls = getattr(transformers, arch)
-    model = cls.from_pretrained(p, local_files_only=True, dtype=dtype)
+    return getattr(transformers, arch)
+
+
+def load_model(path: str | Path, dtype: torch.dtype | str = "auto", device: str | None = None):
+    """A supported Video LLM from a local Hugging Face checkpoint dir (never the network)."""
+    cls = checkpoint_class(path)
+    model = cls.from_pretrained(Path(path), local_files_only=True, dtype=dtype)
     return (model.to(device) if device else model).eval()
 
 

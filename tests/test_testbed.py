@@ -61,7 +61,7 @@ def test_training_fast_path_equals_stock_forward(model, sample):
         hs = model.model.vision_tower(tb.pixel_values(sample.frames)[0], output_hidden_states=True).hidden_states[-1]
         stock = model(input_ids=tb.input_ids(sample), pixel_values_videos=tb.pixel_values(sample.frames)).logits[0, -1]
         meta = {"question": sample.question, "options": sample.options}
-        emb, mask = batch_embeds(model, hs[None, :, 1:], [meta])
+        emb, mask, *_ = batch_embeds(model, hs[None, :, 1:], [meta])
         fast = model.lm_head(model.model.language_model(inputs_embeds=emb, attention_mask=mask).last_hidden_state[:, -1])
     assert torch.allclose(stock, fast[0], atol=1e-4)
 

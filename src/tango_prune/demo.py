@@ -58,6 +58,8 @@ def _run(a: argparse.Namespace) -> int:
 
     methods = resolve_methods(a.methods)
     path = Path(a.video) if a.video else video.sample_clip(a.clip)
+    if not path.is_file():
+        raise ValueError(f"video file not found: {path}")
     if not (a.no_model or a.tokens == "pixels"):
         from .eval.testbed import WEIGHTS
         from .eval.testbed_data import TYPES

@@ -2,11 +2,13 @@
 from .config import SINKS, TangoConfig
 from .methods import get_method, list_methods, register
 from .models import apply
+from .models.llm_stage import LLMStage
 from .pruner import prune_video_tokens
 from .types import Pruned, VideoTokens
 
 __all__ = [
     "SINKS",
+    "LLMStage",
     "Pruned",
     "TangoConfig",
     "apply",

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..methods import get_method
 from ..types import Pruned, VideoTokens
+from . import llm_stage as llm_stage_mod
 from .sequence import Compacted, compact_video_runs, expand_to_original
 
 _ATTR = "_tango_prune_handle"
@@ -25,13 +26,20 @@ class PruneHandle:
 
     family = "base"
 
-    def __init__(self, model, method: str, retention: float, **method_opts) -> None:
+    def __init__(self, model, method: str, retention: float, llm_stage=None, **method_opts) -> None:
         if getattr(model, _ATTR, None) is not None:
             raise ValueError("tango-prune is already applied to this model; call handle.remove() first")
         self.model = model
         self.method = method
-        self.retention = retention
+        self.target_retention = retention
+        self.llm_stage = llm_stage_mod.resolve(llm_stage)
+        layers = self._decoder_layers() if self.llm_stage else None
+        if self.llm_stage:
+            retention = self.llm_stage.pre_llm_retention(retention, len(layers))
+        self.retention = retention  # before the LLM: raised when a stage inside it takes more away
         self.pruner = get_method(method)(retention=retention, **method_opts)
+        self._call: llm_stage_mod.StageCall | None = None
+        self._stage_hooks = llm_stage_mod.StageHooks(layers, self.llm_stage, lambda: self._call) if layers else None
         self.last_stats: list[dict[str, Any]] = []
         # an instance may already carry its own forward (accelerate's device hooks put one there): wrap that one,
         # and put it back on remove()
@@ -46,6 +54,9 @@ class PruneHandle:
     # -- lifecycle -----------------------------------------------------------------------------------------
     def remove(self) -> None:
         """Give the model back its stock forward and generate."""
+        if self._stage_hooks is not None:
+            self._stage_hooks.remove()
+            self._stage_hooks = None
         d = self.model.__dict__
         for name in ("forward", "generate", _ATTR):
             d.pop(name, None)
@@ -56,6 +67,28 @@ class PruneHandle:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+    def _decoder_layers(self):
+        lm = getattr(getattr(self.model, "model", None), "language_model", None)
+        layers = getattr(lm, "layers", None)
+        if layers is None:
+            raise ValueError(f"llm_stage needs the decoder layers at model.model.language_model.layers; "
+                             f"{type(self.model).__name__} has none there")
+        return layers
+
+    def _run(self, fn, kwargs: dict, c: Compacted):
+        """Call the stock ``fn``; with a stage inside the LLM, its state lives exactly as long as this call."""
+        if self.llm_stage is None:
+            return fn(**kwargs)
+        self._call = llm_stage_mod.StageCall(c.input_ids == self.video_token_id(), c.attention_mask)
+        try:
+            return fn(**kwargs)
+        finally:
+            call, self._call = self._call, None
+            if call.keep is not None and len(self.last_stats) == call.keep.shape[0]:  # one video per row
+                left = call.video.gather(1, call.keep).sum(1)
+                for s, n in zip(self.last_stats, left.tolist()):
+                    s["llm_tokens_after_stage"] = int(n)
 
     # -- family hooks ----------------------------------------------------------------------------------------
     def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
@@ -155,7 +188,7 @@ class PruneHandle:
         if prep is None:
             return self._stock_forward(**kwargs)
         new_kwargs, c, _ = prep
-        out = self._stock_forward(**new_kwargs)
+        out = self._run(self._stock_forward, new_kwargs, c)
         if getattr(out, "logits", None) is not None:
             out.logits = expand_to_original(out.logits, c)
         return out
@@ -166,7 +199,7 @@ class PruneHandle:
         if prep is None:
             return self._stock_generate(**kwargs)
         new_kwargs, c, original = prep
-        out = self._stock_generate(**new_kwargs)
+        out = self._run(self._stock_generate, new_kwargs, c)
         # callers slice generated tokens as out[:, input_ids.shape[1]:]: keep that contract
         seq = out if isinstance(out, Tensor) else out.sequences
         full = torch.cat([original, seq[:, c.input_ids.shape[1] :]], dim=1)

@@ -199,8 +199,13 @@ def train(args) -> None:
     print(f"params (trained) {tb.n_params(model) / 1e6:.2f} M; clips train {len(train_idx)} held-out {len(val_idx)}",
           file=log, flush=True)
     rng = np.random.default_rng(args.seed)
-    whiten_projector(model, feats, train_idx[:64])
-    if args.probe_minutes:
+    if args.init:  # continue from saved weights with a fresh schedule (the optimiser state is not saved)
+        state = torch.load(args.init, weights_only=True)
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        print(f"continuing from {args.init}", file=log, flush=True)
+    else:
+        whiten_projector(model, feats, train_idx[:64])
+    if args.probe_minutes and not args.init:
         pretrain_projector(model, feats, meta, train_idx, val_idx, args.probe_minutes, 16, log, rng, aux_proj, fracs, args.aux)
     t0, step = time.time(), 0
     total = args.minutes * 60
@@ -293,6 +298,7 @@ def main() -> None:
     t.add_argument("--probe-minutes", type=float, default=0, help="pre-train the projector with a probe first")
     t.add_argument("--aux", type=float, default=0.0, help="weight of the dense object-coverage loss (needs masks)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", help="weights to continue from (a file this command wrote)")
     t.add_argument("--log", default=None)
     t.add_argument("--out", default=str(tb.WEIGHTS))
     args = ap.parse_args()

@@ -112,10 +112,23 @@ def test_draw_kept_writes_png(tmp_path):
 def test_demo_on_a_video(tmp_path, capsys):
     f = write_video(tmp_path / "v.mp4")
     png = tmp_path / "demo.png"
-    assert main(["demo", "--video", str(f), "--frames", "8", "--height", "64", "-o", str(png)]) == 0
+    assert main(["demo", "--video", str(f), "--frames", "8", "--height", "64", "--no-model", "-o", str(png)]) == 0
     out = capsys.readouterr().out
     assert "8 frames" in out and "tango" in out and str(png) in out
     assert png.stat().st_size > 1000
+
+
+def test_demo_answers_with_the_testbed_model(tmp_path, capsys):
+    from tango_prune.eval.testbed import WEIGHTS
+
+    if not WEIGHTS.is_file():
+        pytest.skip("no committed testbed weights")
+    png = tmp_path / "qa.png"
+    assert main(["demo", "--question", "location", "-o", str(png)]) == 0
+    out = capsys.readouterr().out
+    lines = [x for x in out.splitlines() if "answer (" in x]
+    assert len(lines) == 2 and "1024 of 1024" in lines[0] and "tango @ 0.1" in lines[1]
+    assert "truth: (" in out and str(png) in out and png.stat().st_size > 1000
 
 
 def test_demo_errors_are_one_line(tmp_path, capsys):

@@ -69,6 +69,9 @@ def _run(a: argparse.Namespace) -> int:
         if WEIGHTS.is_file():
             from . import demo_qa
 
+            if a.frames != 16:
+                print("note: the testbed model reads 16 frames; --frames applies with --no-model", file=sys.stderr)
+
             return demo_qa.run(path, a.question, a.seed, methods[0][1], a.retention, Path(a.output))
         print(f"note: no testbed weights at {WEIGHTS}; showing what is kept, without answers", file=sys.stderr)
     t0 = time.perf_counter()

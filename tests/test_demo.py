@@ -119,10 +119,6 @@ def test_demo_on_a_video(tmp_path, capsys):
 
 
 def test_demo_answers_with_the_testbed_model(tmp_path, capsys):
-    from tango_prune.eval.testbed import WEIGHTS
-
-    if not WEIGHTS.is_file():
-        pytest.skip("no committed testbed weights")
     png = tmp_path / "qa.png"
     assert main(["demo", "--question", "location", "-o", str(png)]) == 0
     out = capsys.readouterr().out

@@ -123,9 +123,22 @@ def test_qwen_keeps_its_3d_positions_through_the_stage():
     stock = qwen_greedy(m, kw)
     with apply(m, "none", 1.0, llm_stage=FULL):
         assert torch.equal(qwen_greedy(m, kw), stock)
+    seen: list = []
     with apply(m, "tango", 0.5, llm_stage=HALF) as h:
-        lengths, out = layer_lengths(m, lambda: m(**kw))
+        hooks = [layer.register_forward_pre_hook(lambda mod, a, k: seen.append(k["position_embeddings"][0][0].clone()),
+                                                 with_kwargs=True) for layer in m.model.language_model.layers]
+        try:
+            lengths, out = layer_lengths(m, lambda: m(**kw))
+        finally:
+            for hook in hooks:
+                hook.remove()
         gen = qwen_greedy(m, kw)
     n = kw["input_ids"].shape[1]
     assert lengths[1] < lengths[0] and out.logits.shape[1] == n
+    # Qwen's layers get their (t, h, w) positions as rotary cos rows: the later layer's must be the earlier's rows,
+    # in order, some left out (each kept token keeps its own position)
+    before, after = ([tuple(row) for row in cos.tolist()] for cos in seen[:2])
+    assert len(after) == lengths[1] and after[-3:] == before[-3:]  # the text after the video keeps its own
+    it = iter(before)
+    assert all(row in it for row in after)
     assert gen[0, n] == out.logits[0, -1].argmax() and h.last_stats[0]["llm_tokens_after_stage"] > 0

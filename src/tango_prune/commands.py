@@ -203,6 +203,10 @@ def token_fidelity(clips: list[str], methods, retentions: list[float], frames: i
     return rows
 
 
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def cmd_fidelity(args) -> int:
     from .eval.accuracy import evaluate
     from .eval.compare import resolve_methods
@@ -231,10 +235,9 @@ def cmd_fidelity(args) -> int:
         result["tokens"] = token_fidelity(clips, methods, args.retention, args.frames, progress=not args.quiet)
         print("\nreal ViT-S/14 tokens of real clips (CLS-attention saliency):")
         print(f"{'clip':<19}{'method':<22}{'ret.':>6}{'coverage':>9}{'fragm.':>8}{'modes':>7}{'in-frame':>9}")
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         for r in result["tokens"]:
-            print(f"{r['clip']:<19}{r['method']:<22}{r['retention']:>6g}{r['coverage']:>9.3f}{fmt(r['fragmentation']):>8}"
-                  f"{fmt(r['mode_coverage']):>7}{fmt(r['mode_coverage_in_frame']):>9}")
+            print(f"{r['clip']:<19}{r['method']:<22}{r['retention']:>6g}{r['coverage']:>9.3f}{_fmt(r['fragmentation']):>8}"
+                  f"{_fmt(r['mode_coverage']):>7}{_fmt(r['mode_coverage_in_frame']):>9}")
         print("modes: share of attention modes (8-connected top-25% CLS-attention patches per frame) with a kept token "
               "standing for them; in-frame: counting only tokens kept in the mode's own frame")
     if args.json:

@@ -34,7 +34,7 @@ class PruneHandle:
         self.target_retention = retention
         self.llm_stage = llm_stage_mod.resolve(llm_stage)
         layers = self._decoder_layers() if self.llm_stage else None
-        if self.llm_stage:
+        if layers is not None:
             retention = self.llm_stage.pre_llm_retention(retention, len(layers))
         self.retention = retention  # before the LLM: raised when a stage inside it takes more away
         self.pruner = get_method(method)(retention=retention, **method_opts)

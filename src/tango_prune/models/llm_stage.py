@@ -67,30 +67,24 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-b, a], dim=-1)
 
 
-def _take(x: Tensor, idx: Tensor, dim: int) -> Tensor:
-    """Per batch row, the entries ``idx`` (B, n) along ``dim`` of ``x`` whose batch dim is the one before the
-    sequence dim (cos/sin (..., B, N, d), position ids (..., B, N)); broadcast batch dims of 1 are expanded."""
+def _take(x: Tensor, idx: Tensor, dim: int, batch_dim: int | None = None) -> Tensor:
+    """Per batch row, the entries ``idx`` (B, n) along ``dim`` of ``x``. The batch dim is ``batch_dim``, by default
+    the one before ``dim`` (cos/sin (..., B, N, d), position ids (..., B, N)); masks pass 0. Broadcast batch dims
+    of size 1 are expanded."""
     dim = dim % x.dim()
-    B = idx.shape[0]
+    batch_dim = dim - 1 if batch_dim is None else batch_dim
     shape = list(x.shape)
-    shape[dim - 1] = B
+    shape[batch_dim] = idx.shape[0]
     x = x.expand(shape)
     view = [1] * x.dim()
-    view[dim - 1], view[dim] = B, idx.shape[1]
-    full = list(x.shape)
-    full[dim] = idx.shape[1]
-    return x.gather(dim, idx.view(view).expand(full))
+    view[batch_dim], view[dim] = idx.shape[0], idx.shape[1]
+    shape[dim] = idx.shape[1]
+    return x.gather(dim, idx.view(view).expand(shape))
 
 
-def _take_mask(mask: Tensor, idx: Tensor, dim: int) -> Tensor:
-    """Per batch row (dim 0), the entries ``idx`` (B, n) along ``dim`` of a (B, h, Q, KV) or (B, KV) mask."""
-    dim = dim % mask.dim()
-    mask = mask.expand(idx.shape[0], *mask.shape[1:])
-    view = [idx.shape[0]] + [1] * (mask.dim() - 1)
-    view[dim] = idx.shape[1]
-    full = list(mask.shape)
-    full[dim] = idx.shape[1]
-    return mask.gather(dim, idx.view(view).expand(full))
+def _with_hidden(args: tuple, kwargs: dict, h: Tensor) -> tuple[tuple, dict]:
+    """The layer's call with ``h`` as its hidden states, however the loop passed them."""
+    return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
 
 
 class StageCall:
@@ -156,7 +150,7 @@ class StageHooks:
         call, h = self.get_call(), self._hidden(args, kwargs)
         if not self._prefill(call, h):
             return self._narrow(layer, args, kwargs)
-        B, N, _ = h.shape
+        B = h.shape[0]
         n_video = call.video.sum(1)
         n_drop = (n_video.float() * (1 - self.stage.keep)).round().long()
         # rows must stay equal in length: a row dropping fewer video tokens drops as many padding positions more
@@ -166,18 +160,12 @@ class StageHooks:
             raise ValueError("llm_stage: videos of different token counts in one batch need enough left padding; "
                              "run them one at a time")
         score = call.scores.masked_fill(~call.video, float("inf"))
-        drop = torch.zeros(B, N, dtype=torch.bool, device=h.device)
-        order = score.argsort(dim=1)  # lowest-attention video tokens first
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(N, device=h.device).expand(B, N))
-        drop |= call.video & (rank < n_drop[:, None])
+        rank = score.argsort(dim=1).argsort(dim=1)  # 0 = the lowest-attention video token of the row
         pad_rank = torch.cumsum(~call.valid, dim=1)  # padding positions, first ones first
-        drop |= ~call.valid & (pad_rank <= extra[:, None])
-        keep = (~drop).nonzero()[:, 1].view(B, -1)  # sorted per row
+        drop = (call.video & (rank < n_drop[:, None])) | (~call.valid & (pad_rank <= extra[:, None]))
+        call.keep = (~drop).nonzero()[:, 1].view(B, -1)  # sorted per row
         h = self._merge(h, drop & call.video, call.video & ~drop)
-        call.keep = keep
-        return self._narrow(layer, (h,) + tuple(args[1:]) if args else args,
-                            kwargs if args else {**kwargs, "hidden_states": h}, shorten_hidden=True)
+        return self._narrow(layer, *_with_hidden(args, kwargs, h), shorten_hidden=True)
 
     def _merge(self, h: Tensor, dropped: Tensor, kept: Tensor) -> Tensor:
         """Each dropped video token joins its most cosine-similar kept video token of the same row:
@@ -206,33 +194,23 @@ class StageHooks:
         # in prefill the loop still passes full-length positions and masks; in decoding only the new rows
         prefill = shorten_hidden or (pe is not None and pe[0].shape[-2] == call.N and h.shape[1] != call.N)
         if shorten_hidden:
-            h = _take(h, keep, 1)
-            args = (h,) + tuple(args[1:]) if args else args
-            if not args:
-                kw["hidden_states"] = h
+            args, kw = _with_hidden(args, kw, _take(h, keep, 1))
+        mask = kw.get("attention_mask")
         if prefill:
-            for name in ("position_ids",):
-                if isinstance(kw.get(name), Tensor):
-                    kw[name] = _take(kw[name], keep, -1)
-            if kw.get("position_embeddings") is not None:
-                kw["position_embeddings"] = tuple(_take(t, keep, -2) for t in kw["position_embeddings"])
-            mask = kw.get("attention_mask")
+            if isinstance(kw.get("position_ids"), Tensor):
+                kw["position_ids"] = _take(kw["position_ids"], keep, -1)
+            if pe is not None:
+                kw["position_embeddings"] = tuple(_take(t, keep, -2) for t in pe)
             if isinstance(mask, Tensor) and mask.dim() == 4:
-                mask = _take_mask(mask, keep, 2) if mask.shape[2] > 1 else mask
-                kw["attention_mask"] = _take_mask(mask, keep, 3)
+                mask = _take(mask, keep, 2, batch_dim=0) if mask.shape[2] > 1 else mask
+                kw["attention_mask"] = _take(mask, keep, 3, batch_dim=0)
             elif isinstance(mask, Tensor) and mask.dim() == 2:
-                kw["attention_mask"] = _take_mask(mask, keep, 1)
-        else:  # decoding: new rows attend to the kept rows and to every row generated since
-            mask = kw.get("attention_mask")
-            if isinstance(mask, Tensor) and mask.dim() in (2, 4):
-                cols = self._columns(keep, mask.shape[-1], call.N)
-                kw["attention_mask"] = _take_mask(mask, cols, mask.dim() - 1)
+                kw["attention_mask"] = _take(mask, keep, 1, batch_dim=0)
+        elif isinstance(mask, Tensor) and mask.dim() in (2, 4):
+            # decoding: new rows attend to the kept rows and to every row generated since
+            later = torch.arange(call.N, mask.shape[-1], device=keep.device).expand(keep.shape[0], -1)
+            kw["attention_mask"] = _take(mask, torch.cat([keep, later], dim=1), -1, batch_dim=0)
         return args, kw
-
-    @staticmethod
-    def _columns(keep: Tensor, width: int, N: int) -> Tensor:
-        later = torch.arange(N, width, device=keep.device).expand(keep.shape[0], -1)
-        return torch.cat([keep, later], dim=1)
 
     # -- last layer: back to full length ---------------------------------------------------------------------
     def _widen(self, layer, args, output):

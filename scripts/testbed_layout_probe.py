@@ -1,10 +1,12 @@
 """Why does the testbed fail under pruning? Separate lost content from a changed layout (length and positions).
 
-    python scripts/testbed_layout_probe.py --n 150
+    python scripts/testbed_layout_probe.py --n 150 [--weights FILE] [--methods tango,uniform,random,topk]
 
 On the same questions (seed 0), with the tower run once: (a) a share of the video tokens replaced by their frame's
 mean token, length and positions unchanged; (b) `random` dropping that share, positions compacted as
-LLaVA-OneVision lays them out; (c) the same drop, kept tokens at their original 1-D positions.
+LLaVA-OneVision lays them out (what the release and our adapter do); (c) the same drop, every kept token and every
+text token at the 1-D position it had in the full sequence (``apply(..., positions="original")``); then (d) each
+of --methods at 10% under (b) and (c).
 """
 from __future__ import annotations
 
@@ -18,19 +20,14 @@ from tango_prune.eval.testbed_data import generate
 from tango_prune.models.llava_ov import LlavaOnevisionHandle
 
 
-class OriginalPositions(LlavaOnevisionHandle):
-    """Experiment only: kept tokens keep the 1-D positions they had in the full sequence."""
-
-    def positions(self, c, input_ids, attention_mask, kept, kwargs, ctx):
-        return {"position_ids": c.source.clamp_min(0)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--shares", default="0.2,0.5", help="shares of the video tokens replaced or dropped")
+    ap.add_argument("--methods", default="tango,uniform,random,topk", help="methods compared at 10%%")
+    ap.add_argument("--weights", default=None, help="a testbed .pt (default: the committed one)")
     a = ap.parse_args()
-    qa = testbed_qa()
+    qa = testbed_qa(a.weights)
     samples = generate(a.n, seed=0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -45,7 +42,7 @@ def main() -> None:
                 ok += int(qa.choice(logits) == s.answer)
             return ok / len(samples)
 
-        print(f"all tokens: {score():.3f}")
+        print(f"all tokens: {score():.3f}", flush=True)
         for share in (float(x) for x in a.shares.split(",")):
             replaced = []
             for _, vts in enc:
@@ -55,10 +52,11 @@ def main() -> None:
                 replaced.append([dataclasses.replace(vts[0], features=f)])
             print(f"{share:.0%} replaced by the frame mean (same layout): {score(replaced):.3f}")
         h.remove()
-        for cls, label in ((LlavaOnevisionHandle, "positions compacted"), (OriginalPositions, "original positions")):
-            for share in (float(x) for x in a.shares.split(",")):
-                h = cls(qa.model, "random", 1 - share)
-                print(f"{share:.0%} dropped at random, {label}: {score():.3f}")
+        runs = [("random", 1 - float(x)) for x in a.shares.split(",")] + [(m, 0.1) for m in a.methods.split(",") if m]
+        for mode, label in (("compact", "positions compacted"), ("original", "original positions")):
+            for method, r in runs:
+                h = LlavaOnevisionHandle(qa.model, method, r, positions=mode)
+                print(f"{method} keeping {r:.0%}, {label}: {score():.3f}", flush=True)
                 h.remove()
 
 

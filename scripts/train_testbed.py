@@ -74,29 +74,62 @@ def masks(args) -> None:
     print(f"masks for {n} clips", flush=True)
 
 
-def batch_embeds(model, feats: torch.Tensor, metas: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs embeddings exactly as the stock forward builds them, for a batch of cached clips (equal lengths:
-    every template of one type has the same word count; others are left-padded)."""
+GRIDS = (8, 6, 4, 3, 2)  # tokens per frame side in the mixed layouts; 8 is the class's own pooling
+GRID_P = (0.3, 0.15, 0.25, 0.15, 0.15)
+
+
+def mixed_grids(rng, batch: int) -> np.ndarray:
+    """(batch, 16) tokens-per-side for each frame, drawn independently of the content: every frame stays whole,
+    only its resolution changes (as in LLaVA-Video's slow-fast frames or AnyRes), so this is still full-token data.
+    Why: trained on the one 1025-token layout only, the decoder read frame and position off the 1-D index and fell
+    to chance whenever any token was removed (scripts/testbed_layout_probe.py)."""
+    return rng.choice(GRIDS, size=(batch, td.FRAMES), p=GRID_P)
+
+
+def pool_frames(model, feats: torch.Tensor, grids: np.ndarray | None) -> list[torch.Tensor]:
+    """Per clip, the projected video tokens frame by frame: the stock 2x2 bilinear pooling (8 x 8) when grids is
+    None, else each frame average-pooled to its own g x g (8 x 8 average pooling equals the stock bilinear one)."""
     inner = model.model
     B = feats.shape[0]
-    video = inner.apply_pooling(inner.multi_modal_projector(feats.flatten(0, 1)))  # (B*16, 64, D)
-    video = video.reshape(B, -1, video.shape[-1])
-    video = torch.cat([video, inner.image_newline[None, None].expand(B, 1, -1).to(video)], dim=1)
-    ids = [tb.input_ids((m["question"], m["options"]))[0] for m in metas]
-    n = max(len(x) for x in ids)
-    emb, mask = [], []
-    for x in ids:
-        pad = n - len(x)
-        x = torch.cat([torch.full((pad,), tb.VOCAB["<pad>"]), x])
-        e = inner.get_input_embeddings()(x)
-        is_video = x == tb.VOCAB["<video>"]
-        e = e.clone()
-        emb.append((e, is_video))
-        mask.append(torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(n - pad, dtype=torch.long)]))
-    out = torch.stack([e for e, _ in emb])
-    where = torch.stack([v for _, v in emb])
-    out = out.masked_scatter(where[..., None], video.to(out.dtype))
-    return out, torch.stack(mask), video[:, :-1], where
+    proj = inner.multi_modal_projector(feats.flatten(0, 1))  # (B*16, 256, D)
+    D = proj.shape[-1]
+    if grids is None:
+        return list(inner.apply_pooling(proj).reshape(B, -1, D))
+    grid = proj.reshape(B * td.FRAMES, 16, 16, D).permute(0, 3, 1, 2)
+    pooled = {g: torch.nn.functional.adaptive_avg_pool2d(grid, g).flatten(2).transpose(1, 2).reshape(B, td.FRAMES, -1, D)
+              for g in np.unique(grids).tolist()}
+    return [torch.cat([pooled[int(g)][b, t] for t, g in enumerate(grids[b])]) for b in range(B)]
+
+
+def pool_targets(fracs: np.ndarray, grids: np.ndarray | None) -> torch.Tensor:
+    """One clip's object-coverage targets (16, 64) laid out like pool_frames' tokens."""
+    f = torch.from_numpy(fracs.astype(np.float32))
+    if grids is None:
+        return f.reshape(-1)
+    m = f.reshape(td.FRAMES, 1, 8, 8)
+    return torch.cat([torch.nn.functional.adaptive_avg_pool2d(m[t], int(g)).reshape(-1) for t, g in enumerate(grids)])
+
+
+def batch_embeds(model, videos: list[torch.Tensor], metas: list[dict]):
+    """Inputs embeddings exactly as the stock forward builds them, for a batch of clips' video tokens (pool_frames),
+    left padded, with position ids that skip the padding. Returns (embeds, mask, position_ids, is_video) where
+    is_video marks the video tokens (not the newline)."""
+    inner = model.model
+    newline = inner.image_newline
+    rows = []
+    for v, m in zip(videos, metas):
+        ids = tb.input_ids((m["question"], m["options"]), video_tokens=len(v) + 1)[0]
+        e = inner.get_input_embeddings()(ids)
+        at = ids == tb.VOCAB["<video>"]
+        e = e.masked_scatter(at[:, None], torch.cat([v, newline[None].to(v)]).to(e.dtype))
+        rows.append((e, at & (at.cumsum(0) <= len(v))))
+    n = max(len(e) for e, _ in rows)
+    pad = [n - len(e) for e, _ in rows]
+    emb = torch.stack([torch.cat([inner.get_input_embeddings()(torch.full((p,), tb.VOCAB["<pad>"])), e])
+                       for p, (e, _) in zip(pad, rows)])
+    mask = torch.stack([torch.cat([torch.zeros(p, dtype=torch.long), torch.ones(n - p, dtype=torch.long)]) for p in pad])
+    is_video = torch.stack([torch.cat([torch.zeros(p, dtype=torch.bool), v]) for p, (_, v) in zip(pad, rows)])
+    return emb, mask, (mask.cumsum(-1) - 1).clamp_min(0), is_video
 
 
 class Probe(torch.nn.Module):
@@ -131,10 +164,9 @@ def whiten_projector(model, feats, idx) -> None:
     lin.weight.copy_(w)
 
 
-def aux_loss(pred: torch.Tensor, idx, fracs) -> torch.Tensor:
+def aux_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Dense auxiliary target: each video token predicts how much of its cell the object covers (BCE on the share;
     positives are rare, so they weigh 5x). Trains only through training; nothing of it is committed."""
-    target = torch.from_numpy(np.stack([fracs[i] for i in idx]).astype(np.float32)).reshape(pred.shape[0], -1)
     return torch.nn.functional.binary_cross_entropy_with_logits(pred.reshape(target.shape), target,
                                                                 pos_weight=torch.tensor(5.0))
 
@@ -158,7 +190,7 @@ def pretrain_projector(model, feats, meta, train_idx, val_idx, minutes: float, b
         out, dense = logits(idx)
         loss = torch.nn.functional.cross_entropy(out, torch.tensor([meta[i]["answer"] for i in idx]))
         if aux_w:
-            loss = loss + aux_w * aux_loss(dense, idx, fracs)
+            loss = loss + aux_w * aux_loss(dense, torch.from_numpy(np.stack([fracs[i] for i in idx]).astype(np.float32)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -184,6 +216,10 @@ def train(args) -> None:
         raise SystemExit(f"only {n} cached clips; need more than --held {held} + a batch")
     train_idx, val_idx = np.arange(held, n), np.arange(held)
     model = tb.build(seed=args.seed)
+    for layer in model.model.language_model.layers:
+        # Attention dropout (training only) so no answer hangs on a few particular keys; measured before it: the
+        # decoder fell to chance when any 20% of the tokens were removed, even at their original positions.
+        layer.self_attn.attention_dropout = args.attn_dropout
     model.train()
     model.model.vision_tower.eval()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -215,25 +251,34 @@ def train(args) -> None:
         warm = 0.03
         return frac / warm if frac < warm else 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - warm) / (1 - warm))))
 
-    def run(idx):
+    def run(idx, grids=None, keep=None):
         f = torch.from_numpy(np.stack([feats[i] for i in idx]).astype(np.float32))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            emb, mask, video, where = batch_embeds(model, f, [meta[i] for i in idx])
-            out = model.model.language_model(inputs_embeds=emb, attention_mask=mask, output_hidden_states=bool(args.aux))
+            videos = pool_frames(model, f, grids)
+            if keep is not None:  # evaluation only: a random share of the tokens, positions compacted
+                g = torch.Generator().manual_seed(int(idx[0]))
+                videos = [v[torch.randperm(len(v), generator=g)[: max(1, round(keep * len(v)))].sort().values]
+                          for v in videos]
+            emb, mask, pos, is_video = batch_embeds(model, videos, [meta[i] for i in idx])
+            out = model.model.language_model(inputs_embeds=emb, attention_mask=mask, position_ids=pos,
+                                             output_hidden_states=bool(args.aux))
             logits = model.lm_head(out.last_hidden_state[:, -1])
             dense = None
-            if args.aux:
-                mid = out.hidden_states[2][where].reshape(len(idx), -1, width)[:, :-1]  # video positions, no newline
-                dense = (aux_proj(video).float(), aux_dec(mid).float())
+            if args.aux and keep is None:
+                target = torch.cat([pool_targets(fracs[i], None if grids is None else grids[k]) for k, i in enumerate(idx)])
+                video = torch.cat(videos)
+                dense = (aux_proj(video).float().reshape(-1), aux_dec(out.hidden_states[2][is_video]).float().reshape(-1),
+                         target)
         return logits.float()[:, letters], dense
 
-    def evaluate():
+    def evaluate(keep=None, mixed=False):
         model.eval()
         correct, by = 0, {}
+        layouts = np.random.default_rng(0)  # the same mixed layouts at every evaluation
         with torch.no_grad():
             for s in range(0, len(val_idx), args.batch):
                 idx = val_idx[s : s + args.batch]
-                pred = run(idx)[0].argmax(-1)
+                pred = run(idx, mixed_grids(layouts, len(idx)) if mixed else None, keep=keep)[0].argmax(-1)
                 for i, p in zip(idx, pred.tolist()):
                     ok = int(p == meta[i]["answer"])
                     correct += ok
@@ -247,11 +292,12 @@ def train(args) -> None:
         for g, base in zip(opt.param_groups, (args.lr * args.proj_lr_mult, args.lr)):
             g["lr"] = base * lr_at(frac)
         idx = rng.choice(train_idx, size=args.batch, replace=False)
-        logits, dense = run(idx)
+        mixed = rng.random() >= args.stock_share  # one layout kind per batch: mixed rows pad to each other, not to 1054
+        logits, dense = run(idx, mixed_grids(rng, args.batch) if mixed else None)
         target = torch.tensor([meta[i]["answer"] for i in idx])
         loss = torch.nn.functional.cross_entropy(logits, target)
         if dense is not None:
-            loss = loss + args.aux * (aux_loss(dense[0], idx, fracs) + aux_loss(dense[1], idx, fracs))
+            loss = loss + args.aux * (aux_loss(dense[0], dense[2]) + aux_loss(dense[1], dense[2]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -266,6 +312,9 @@ def train(args) -> None:
             acc, by = evaluate()
             print(f"EVAL step {step} {time.time() - t0:.0f}s held-out acc {acc:.3f} {by} (train clips {len(train_idx)})",
                   file=log, flush=True)
+            if args.stock_share < 1 or args.attn_dropout:
+                print(f"EVAL step {step} mixed layouts {evaluate(mixed=True)}; random 30% of the tokens, positions "
+                      f"compacted {evaluate(0.3)}", file=log, flush=True)
             if acc >= best:
                 best = acc
                 torch.save(tb.trained_state(model), args.out)
@@ -297,6 +346,9 @@ def main() -> None:
     t.add_argument("--eval-every", type=int, default=200)
     t.add_argument("--probe-minutes", type=float, default=0, help="pre-train the projector with a probe first")
     t.add_argument("--aux", type=float, default=0.0, help="weight of the dense object-coverage loss (needs masks)")
+    t.add_argument("--stock-share", type=float, default=1.0,
+                   help="share of batches in the stock 16 x 8 x 8 layout; the rest get mixed per-frame grids")
+    t.add_argument("--attn-dropout", type=float, default=0.0, help="decoder attention dropout while training")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", help="weights to continue from (a file this command wrote)")
     t.add_argument("--log", default=None)

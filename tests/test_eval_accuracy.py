@@ -49,14 +49,22 @@ def test_rows_and_encode_once_equals_a_plain_call(weights, samples):
         logits = qa.model(**qa.inputs(s)).logits[:, -1:]
     single = evaluate(qa, [s], resolve_methods("tango"), [0.1], progress=False)[1]
     assert single["accuracy"] == float(qa.choice(logits) == s.answer)
+    # adapter options reach every apply(): with original positions the row's KL is that of a plain call with them
+    with torch.no_grad():
+        full = torch.log_softmax(qa.model(**qa.inputs(s)).logits[0, -1].float(), -1)
+        with apply(qa.model, method="random", retention=0.1, positions="original"):
+            pruned = torch.log_softmax(qa.model(**qa.inputs(s)).logits[0, -1].float(), -1)
+    row = evaluate(qa, [s], resolve_methods("random"), [0.1], progress=False, adapter_opts={"positions": "original"})[1]
+    assert row["kl"] == pytest.approx(float((full.exp() * (full - pruned)).sum()), rel=1e-3, abs=1e-5)
 
 
 def test_cli_eval_json_and_plot(weights, tmp_path, capsys):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     rc = main(["eval", "--model", str(weights), "--methods", "tango,random", "--retention", "0.1", "--n", "2",
-               "--json", str(out), "--plot", str(png), "--quiet"])
+               "--json", str(out), "--plot", str(png), "--quiet", "--positions", "original"])
     assert rc == 0
     data = json.loads(out.read_text())
+    assert data["positions"] == "original"
     assert [r["method"] for r in data["results"]] == ["none", "tango", "random"]
     for r in data["results"]:
         assert {"method", "retention", "accuracy", "relative_accuracy", "n", "by_type"} <= set(r)

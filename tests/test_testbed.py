@@ -51,19 +51,53 @@ def test_prompt_layout(sample):
     assert len(set(tb.letter_ids().tolist())) == 4
 
 
-def test_training_fast_path_equals_stock_forward(model, sample):
+def _train_script():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from train_testbed import batch_embeds
+        import train_testbed
     finally:
         sys.path.pop(0)
+    return train_testbed
+
+
+def test_training_fast_path_equals_stock_forward(model, sample):
+    tt = _train_script()
     with torch.no_grad():
         hs = model.model.vision_tower(tb.pixel_values(sample.frames)[0], output_hidden_states=True).hidden_states[-1]
         stock = model(input_ids=tb.input_ids(sample), pixel_values_videos=tb.pixel_values(sample.frames)).logits[0, -1]
         meta = {"question": sample.question, "options": sample.options}
-        emb, mask, *_ = batch_embeds(model, hs[None, :, 1:], [meta])
-        fast = model.lm_head(model.model.language_model(inputs_embeds=emb, attention_mask=mask).last_hidden_state[:, -1])
+        emb, mask, pos, _ = tt.batch_embeds(model, tt.pool_frames(model, hs[None, :, 1:], None), [meta])
+        fast = model.lm_head(model.model.language_model(inputs_embeds=emb, attention_mask=mask,
+                                                        position_ids=pos).last_hidden_state[:, -1])
     assert torch.allclose(stock, fast[0], atol=1e-4)
+
+
+def test_mixed_layouts_keep_every_frame_and_pad_cleanly(model):
+    """Training's mixed per-frame grids: 8 x 8 average pooling is the class's own pooling, each frame gets g*g
+    tokens, and a short row left-padded next to a long one answers as it does alone."""
+    tt = _train_script()
+    torch.manual_seed(0)
+    feats = torch.randn(2, 16, 256, 384)
+    metas = [{"question": "Which way does the red circle move?", "options": ["left", "right", "up", "down"]}] * 2
+    eights = np.full((2, 16), 8)
+    with torch.no_grad():
+        stock, same = tt.pool_frames(model, feats, None), tt.pool_frames(model, feats, eights)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(stock, same))
+        grids = tt.mixed_grids(np.random.default_rng(0), 2)
+        videos = tt.pool_frames(model, feats, grids)
+        assert [len(v) for v in videos] == [int((g**2).sum()) for g in grids]
+        assert tt.pool_targets(np.zeros((16, 64), np.float16), grids[0]).shape == (len(videos[0]),)
+
+        def last(vs, ms):
+            emb, mask, pos, is_video = tt.batch_embeds(model, vs, ms)
+            assert is_video.sum(-1).tolist() == [len(v) for v in vs]
+            return model.model.language_model(inputs_embeds=emb, attention_mask=mask,
+                                              position_ids=pos).last_hidden_state[:, -1]
+
+        assert len(videos[0]) != len(videos[1])
+        short = min(range(2), key=lambda i: len(videos[i]))
+        both, alone = last(videos, metas), last([videos[short]], metas[:1])
+    assert torch.allclose(both[short], alone[0], atol=1e-4)
 
 
 def test_export_answers_like_the_testbed(model, tmp_path, sample):

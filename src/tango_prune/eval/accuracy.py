@@ -64,15 +64,17 @@ def _jobs(methods, retentions):
 
 @torch.no_grad()
 def evaluate(qa: QA, samples: list[Sample], methods: list[tuple[str, str, dict]], retentions: list[float],
-             progress: bool = True) -> list[dict]:
-    """One row per (method, retention), 'none' (retention 1.0) first; see the module docstring."""
+             progress: bool = True, adapter_opts: dict | None = None) -> list[dict]:
+    """One row per (method, retention), 'none' (retention 1.0) first; see the module docstring. ``adapter_opts``
+    go to every ``apply`` (e.g. ``positions``)."""
     from tqdm import tqdm
 
     from ..models import apply
 
     jobs = _jobs(methods, retentions)
     bar = tqdm(total=len(samples) * (len(jobs) + 1), desc="eval", disable=not progress, unit="run")
-    base = apply(qa.model, method="none", retention=1.0)
+    adapter_opts = adapter_opts or {}
+    base = apply(qa.model, method="none", retention=1.0, **adapter_opts)
     try:
         encoded = []
         for s in samples:
@@ -83,7 +85,7 @@ def evaluate(qa: QA, samples: list[Sample], methods: list[tuple[str, str, dict]]
         base.remove()
     rows, full_logp = [], []
     for label, name, opts, r in jobs:
-        handle = apply(qa.model, method=name, retention=r, **opts)
+        handle = apply(qa.model, method=name, retention=r, **opts, **adapter_opts)
         try:
             correct, by_type, kl, agree, kept, secs = [], {}, [], [], [], 0.0
             for i, (s, (inp, vts)) in enumerate(zip(samples, encoded)):
@@ -106,7 +108,8 @@ def evaluate(qa: QA, samples: list[Sample], methods: list[tuple[str, str, dict]]
             handle.remove()
         n = len(samples)
         rows.append({"method": label, "retention": r, "accuracy": sum(correct) / n, "n": n,
-                     "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items(), key=lambda kv: TYPES.index(kv[0]) if kv[0] in TYPES else 99)},
+                     "by_type": {t: sum(v) / len(v) for t, v in sorted(
+                         by_type.items(), key=lambda kv: TYPES.index(kv[0]) if kv[0] in TYPES else 99)},
                      "kl": sum(kl) / n, "top1_agreement": sum(agree) / n, "tokens_kept_mean": sum(kept) / n,
                      "llm_seconds_mean": secs / n})
     bar.close()

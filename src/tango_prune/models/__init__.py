@@ -11,7 +11,9 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
 
     ``opts``: the method's options (e.g. TangoConfig fields), plus adapter options: ``saliency`` (auto,
     map-head, cls, attention, features) and ``siglip_head`` (a local SigLIP checkpoint dir whose attention-pooling
-    head gives LLaVA-OV's saliency, as in Tango's release), and ``llm_stage`` (an ``LLMStage``, a dict of its
+    head gives LLaVA-OV's saliency, as in Tango's release), ``positions`` for LLaVA-OV ("compact", the release's
+    numbering of the shortened sequence, or "original": kept and text tokens keep their full-sequence 1-D
+    positions; Qwen always keeps its M-RoPE positions), and ``llm_stage`` (an ``LLMStage``, a dict of its
     fields, or "llava-video" for the release's K=18 / 50% stage inside the LLM; it raises the pre-LLM retention so
     the mean share over the LLM's layers is ``retention``). Per call, ``video_timestamps`` (one (T,) tensor of
     seconds per video) feeds ST-RoPE. Returns a handle; ``handle.remove()`` or ``with apply(...)`` restores the

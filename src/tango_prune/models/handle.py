@@ -131,13 +131,13 @@ class PruneHandle:
         return 0 if pad is None else int(pad)
 
     # -- the wrapped calls -----------------------------------------------------------------------------------
-    def _prepare(self, kwargs: dict) -> tuple[dict, Compacted, Tensor] | None:
+    def _prepare(self, kwargs: dict, generating: bool = False) -> tuple[dict, Compacted, Tensor] | None:
         if not self.has_video(kwargs):
             return None
         input_ids = kwargs.pop("input_ids", None)
         if input_ids is None:
             raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
-        ctx: dict = {}
+        ctx: dict = {"generating": generating, "full_lengths": None}
         given = kwargs.pop("video_tokens", None)
         videos, sources = self.encode(kwargs, ctx) if given is None else self.encode_given(given, kwargs, ctx)
         kept, stats = [], []
@@ -150,6 +150,7 @@ class PruneHandle:
         extra, full, short = self.assemble(videos, kept, kwargs, ctx)
         attention_mask = kwargs.pop("attention_mask", None)
         c = compact_video_runs(input_ids, attention_mask, self.video_token_id(), full, short, self.pad_id())
+        ctx["full_lengths"] = full
         extra.update(self.positions(c, input_ids, attention_mask, kept, kwargs, ctx))  # sees the caller's kwargs
         for key in ("mm_token_type_ids", "token_type_ids"):  # per-position inputs follow the tokens they describe
             v = kwargs.get(key)
@@ -195,7 +196,7 @@ class PruneHandle:
 
     def _generate(self, *args, **kwargs):
         self._positional(args, kwargs)
-        prep = self._prepare(kwargs)
+        prep = self._prepare(kwargs, generating=True)
         if prep is None:
             return self._stock_generate(**kwargs)
         new_kwargs, c, original = prep

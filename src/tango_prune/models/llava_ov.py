@@ -1,17 +1,22 @@
 """LLaVA-OneVision / LLaVA-Video (transformers' LlavaOnevisionForConditionalGeneration).
 
 The stock class lays a video out as its T x h x w pooled tokens, frame-major, then one ``image_newline``; its
-positions are 1-D, so the kept tokens are simply compacted in order, newline last.
+positions are 1-D, so the kept tokens are compacted in order, newline last. With ``positions="compact"`` (the
+release's choice, our default) the shortened sequence is numbered 0, 1, 2, ...; with ``positions="original"`` every
+kept token and every text token keeps the 1-D position it had in the full sequence (as Qwen's kept tokens keep
+their M-RoPE positions), and decoding continues after the full sequence's last position.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..types import Pruned, VideoTokens
 from .handle import PruneHandle
+from .sequence import Compacted, original_positions
 from .saliency import attention_received, cls_attention, load_siglip_head, map_head_attention
 
 # the release's sink positions, by pooled grid (SPEC: LLaVA-OV 14x14, LLaVA-Video 13x13)
@@ -22,7 +27,10 @@ class LlavaOnevisionHandle(PruneHandle):
     family = "llava-onevision"
 
     def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", siglip_head: str | None = None,
-                 **method_opts) -> None:
+                 positions: str = "compact", **method_opts) -> None:
+        if positions not in ("compact", "original"):
+            raise ValueError(f"positions must be 'compact' (the release's) or 'original', got {positions!r}")
+        self.position_mode = positions
         if saliency not in ("auto", "map-head", "cls", "attention", "features"):
             raise ValueError(f"saliency must be auto, map-head, cls, attention or features, got {saliency!r}")
         if saliency == "map-head" and siglip_head is None:
@@ -117,6 +125,20 @@ class LlavaOnevisionHandle(PruneHandle):
         full = [v.num_tokens + 1 for v in videos]
         short = [k.num_kept + 1 for k in kept]
         return {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=pooled)}}, full, short
+
+    def positions(self, c: Compacted, input_ids: Tensor, attention_mask: Tensor | None, kept: list[Pruned],
+                  kwargs: dict, ctx: dict) -> dict:
+        if self.position_mode == "compact":
+            return {}
+        given = kwargs.get("position_ids")
+        if isinstance(given, Tensor) and given.shape == input_ids.shape:
+            full_pos = given
+        elif ctx["generating"] and attention_mask is not None:  # as the stock generate numbers a padded batch
+            full_pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        else:  # as the stock forward does
+            full_pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        pos = original_positions(c, full_pos, self.video_token_id(), [k.index for k in kept], ctx["full_lengths"])
+        return {"position_ids": pos}
 
     def prune_one(self, vt: VideoTokens) -> Pruned:
         return self._pruner_for(vt.grid[1:])(vt)

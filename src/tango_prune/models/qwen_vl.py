@@ -20,7 +20,11 @@ from .sequence import Compacted
 class QwenVLHandle(PruneHandle):
     family = "qwen-vl"
 
-    def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", **method_opts) -> None:
+    def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", positions: str = "original",
+                 **method_opts) -> None:
+        if positions != "original":
+            raise ValueError(f"positions={positions!r}: Qwen's kept tokens always keep their M-RoPE positions; "
+                             "leave positions out (or pass 'original')")
         if saliency not in ("auto", "global-query", "features"):
             raise ValueError(f"saliency must be auto, global-query or features, got {saliency!r}")
         self.saliency = saliency

@@ -77,3 +77,25 @@ def expand_to_original(values: Tensor, c: Compacted) -> Tensor:
     first = torch.where(c.keep.any(dim=1), c.keep.float().argmax(dim=1), torch.zeros(B, dtype=torch.long, device=values.device))
     last = torch.where(last < 0, first[:, None], last)
     return out[torch.arange(B, device=values.device)[:, None], last]
+
+
+def original_positions(c: Compacted, full_pos: Tensor, video_token_id: int, kept_index: list[Tensor],
+                       full_lengths: list[int]) -> Tensor:
+    """(B, S') the 1-D position each compacted position had in the full sequence.
+
+    Text keeps its own position. The j-th surviving placeholder of video v's run stands for kept token j, so it
+    gets the run's start plus ``kept_index[v][j]``; the run's last surviving placeholder (LLaVA-OV's newline) gets
+    the run's last position. ``full_pos`` (B, S) are the positions the stock call would give the full sequence;
+    padding gets 0.
+    """
+    dev = c.source.device
+    # per surviving placeholder, in reading order: how far its token sits past its own rank in the run
+    shift = torch.cat([torch.cat([k.to(dev).long(), torch.tensor([n - 1], device=dev)]) - torch.arange(len(k) + 1, device=dev)
+                       for k, n in zip(kept_index, full_lengths)])
+    ok = c.source >= 0
+    is_video = ok & (c.input_ids == video_token_id)
+    src = c.source.clamp_min(0).clone()
+    src[is_video] += shift
+    pos = full_pos.gather(1, src)
+    return torch.where(ok, pos, torch.zeros_like(pos))
+

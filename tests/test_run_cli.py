@@ -45,7 +45,14 @@ def test_run_json(weights, clip, capsys):
     r = json.loads(out)
     assert {"answer", "frames", "tokens_full", "tokens_kept", "ttft_s"} <= set(r)
     assert r["tokens_full"] == r["tokens_kept"] == 1024 and r["frames"] == 16 and r["ttft_s"] > 0
+    assert r["positions"] == "original"  # the testbed's own default (it reads place off positions)
     assert err == ""  # --json keeps stderr quiet
+
+
+def test_run_positions_choice_reaches_the_adapter(weights, clip, capsys):
+    assert main(["run", clip, Q, "--model", weights, "--method", "tango", "--positions", "compact", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["positions"] == "compact" and r["tokens_kept"] < 1024
 
 
 def test_list_questions(capsys):

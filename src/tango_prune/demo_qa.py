@@ -31,7 +31,7 @@ def answer_both(sample, method: str, retention: float) -> dict:
     rows = {}
     with torch.no_grad():
         for name, r in (("none", 1.0), (method, retention)):
-            with apply(model, method=name, retention=r) as h:
+            with apply(model, method=name, retention=r, positions=tb.POSITIONS) as h:
                 model(**inputs)  # warm-up: first calls pay one-off allocation costs
                 t = time.perf_counter()
                 k = tb.answer(model(**inputs).logits)

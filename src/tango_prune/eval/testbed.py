@@ -19,6 +19,10 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "testbed" / "testbed.pt"
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<video>"]
 LETTERS = ("A", "B", "C", "D")
 VIDEO_TOKENS = 16 * 64 + 1
+# How the CLI prunes the testbed unless told otherwise: it learned to read place and time off the 1-D positions
+# (it only ever saw one layout), so with the shortened sequence renumbered (LLaVA-OV's "compact") it answers at chance
+# under any pruning; with every token at its full-sequence position it ranks methods (README, testbed section).
+POSITIONS = "original"
 TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=2048, tie_word_embeddings=True)
 _WORD = re.compile(r"<[a-z]+>|[a-z]+|\d+|[^\sa-z\d]")
@@ -169,5 +173,5 @@ def n_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "vision_tower" not in n)
 
 
-__all__ = ["VIDEO_TOKENS", "VOCAB", "answer", "build", "config", "input_ids", "load_testbed", "pixel_values",
+__all__ = ["POSITIONS", "VIDEO_TOKENS", "VOCAB", "answer", "build", "config", "input_ids", "load_testbed", "pixel_values",
            "tokenizer", "trained_state", "n_params"]

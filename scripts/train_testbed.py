@@ -53,15 +53,6 @@ def cache(args) -> None:
             print(f"{i + 1}/{args.n} clips, {time.time() - t0:.0f} s", flush=True)
 
 
-def object_fraction(rng_key, bg, qtype: str) -> np.ndarray:
-    """(16, 64): the share of each pooled token's 28 x 28 cell covered by the composited object(s), found by
-    regenerating the sample and its bare background from the same seed (the generator is deterministic)."""
-    s = td.make_sample(np.random.default_rng(rng_key), bg, qtype)
-    bare = bg.window(np.random.default_rng(rng_key))  # make_sample draws its window first
-    diff = torch.from_numpy(np.any(s.frames.numpy() != bare, axis=-1).astype(np.float32))  # (16, 224, 224)
-    return torch.nn.functional.avg_pool2d(diff[:, None], 28).reshape(td.FRAMES, 64).numpy()
-
-
 def masks(args) -> None:
     out = Path(args.out)
     meta = json.loads((out / "meta.json").read_text())
@@ -69,7 +60,7 @@ def masks(args) -> None:
     path = out / "masks.npy"
     done = np.load(path) if path.is_file() else np.zeros((0, td.FRAMES, 64), np.float16)
     bg = td.Backgrounds(None)
-    rows = [object_fraction([args.seed, i], bg, meta[i]["qtype"]) for i in range(len(done), n)]
+    rows = [td.object_fraction([args.seed, i], bg, meta[i]["qtype"]) for i in range(len(done), n)]
     np.save(path, np.concatenate([done, np.asarray(rows, np.float16).reshape(-1, td.FRAMES, 64)]))
     print(f"masks for {n} clips", flush=True)
 

@@ -78,3 +78,19 @@ def test_bad_videos_folder(tmp_path):
         td.generate(2, videos=tmp_path / "nope")
     with pytest.raises(ValueError, match="no background videos"):
         td.generate(2, videos=tmp_path)
+
+
+def test_object_fraction_is_where_the_object_is(samples):
+    """The oracle's and the auxiliary loss's ground truth: per pooled token, the share of its cell the object
+    covers, zero in frames without it and on cells away from it."""
+    s_all, d = samples
+    bg = td.Backgrounds(sorted(d.iterdir()))
+    for i in (0, 2):  # brief_shape (1-2 frames), count (blinks)
+        s = s_all[i]
+        f = td.object_fraction([3, i], bg, s.qtype)
+        assert f.shape == (td.FRAMES, 64) and f.min() >= 0 and f.max() <= 1
+        shown = object_frames(s)
+        assert set(np.nonzero(f.sum(1) > 0)[0].tolist()) == set(shown)
+        for t, px in shown.items():  # the painted pixels' cells are covered
+            cells = set((px[:, 0] // 28 * 8 + px[:, 1] // 28).tolist())
+            assert all(f[t, c] > 0 for c in cells)

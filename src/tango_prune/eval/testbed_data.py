@@ -186,6 +186,18 @@ def match_question(question: str) -> tuple[str, list[str]]:
                      "see tango-prune run --list-questions")
 
 
+def object_fraction(key, bg: Backgrounds, qtype: str) -> np.ndarray:
+    """(16, 64): the share of each pooled token's 28 x 28 cell that the composited object(s) cover in sample
+    ``make_sample(np.random.default_rng(key), bg, qtype)``, found by regenerating it and its bare background from
+    the same key (the generator is deterministic; make_sample draws its window first)."""
+    import torch
+
+    s = make_sample(np.random.default_rng(key), bg, qtype)
+    bare = bg.window(np.random.default_rng(key))
+    diff = torch.from_numpy(np.any(s.frames.numpy() != bare, axis=-1).astype(np.float32))  # (16, 224, 224)
+    return torch.nn.functional.avg_pool2d(diff[:, None], 28).reshape(FRAMES, 64).numpy()
+
+
 def generate(n: int, seed: int = 0, videos: str | Path | None = None, types: tuple[str, ...] = TYPES) -> list[Sample]:
     """``n`` samples, question types in turn; sample i depends only on (seed, i) and the backgrounds."""
     paths = None

@@ -89,3 +89,30 @@ def test_bad_positions_are_named(model):
     qwen = tiny_model("qwen2.5-vl")
     with pytest.raises(ValueError, match="M-RoPE"):
         apply(qwen, "tango", 0.25, positions="compact")
+
+
+def test_the_stage_inside_the_llm_carries_original_positions(model):
+    """positions="original" with llm_stage: a stage that keeps everything changes nothing, and the layers after a
+    halving stage receive the kept tokens' own original positions."""
+    from tango_prune.models.llm_stage import LLMStage
+
+    ids, pv = prompt(), video(5)
+    with apply(model, "tango", 0.5, positions="original") as h:
+        ref = model(input_ids=ids, pixel_values_videos=pv).logits[0, -1]
+        gen = model.generate(input_ids=ids, pixel_values_videos=pv, max_new_tokens=3, do_sample=False)
+    with apply(model, "tango", 0.5, positions="original", llm_stage=LLMStage(layer=1, keep=1.0, rescale=False)):
+        assert torch.allclose(model(input_ids=ids, pixel_values_videos=pv).logits[0, -1], ref, atol=1e-5)
+        assert torch.equal(model.generate(input_ids=ids, pixel_values_videos=pv, max_new_tokens=3, do_sample=False), gen)
+    seen = []
+    with apply(model, "tango", 0.5, positions="original", llm_stage=LLMStage(layer=1, keep=0.5, rescale=False)) as h:
+        # registered after the stage's own hooks: sees what layer 1 itself receives
+        hook = model.model.language_model.layers[1].register_forward_pre_hook(
+            lambda m, a, kw: seen.append(kw.get("position_ids")), with_kwargs=True)
+        try:
+            model(input_ids=ids, pixel_values_videos=pv)
+        finally:
+            hook.remove()
+        before_stage = len(PRE) + h.last_stats[0]["llm_tokens"] + len(POST)
+    pos = seen[0][0]
+    assert pos[-1] == ids.shape[1] - 1 and bool((pos[1:] > pos[:-1]).all())  # a subsequence of the full numbering
+    assert len(pos) < before_stage

@@ -65,6 +65,8 @@ def test_cli_eval_json_and_plot(weights, tmp_path, capsys):
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["positions"] == "original"
+    assert all(len(r["correct"]) == 2 and set(r["correct"]) <= {0, 1} for r in data["results"])
+    assert [(d["method"], d["retention"]) for d in data["paired_vs_tango"]] == [("random", 0.1)]
     assert [r["method"] for r in data["results"]] == ["none", "tango", "random"]
     for r in data["results"]:
         assert {"method", "retention", "accuracy", "relative_accuracy", "n", "by_type"} <= set(r)
@@ -112,3 +114,17 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_paired_differences_are_per_question():
+    from tango_prune.eval.accuracy import paired_differences
+
+    rows = [{"method": "none", "retention": 1.0, "correct": [1, 1, 1, 1]},
+            {"method": "tango", "retention": 0.1, "correct": [1, 1, 0, 1]},
+            {"method": "uniform", "retention": 0.1, "correct": [1, 0, 0, 0]},
+            {"method": "uniform", "retention": 0.2, "correct": [1, 1, 1, 1]}]
+    (d,) = paired_differences(rows)  # no tango at 0.2: nothing to pair it with
+    assert (d["method"], d["retention"]) == ("uniform", 0.1)
+    assert d["difference"] == pytest.approx(0.5)  # per question: 0, 1, 0, 1
+    assert d["se"] == pytest.approx((1 / 3) ** 0.5 / 2)  # sample std of (0, 1, 0, 1) over sqrt(4)
+    assert paired_differences(rows, against="divprune") == []

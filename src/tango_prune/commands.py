@@ -38,7 +38,7 @@ def resolve_qa(spec: str):
 
 
 def cmd_eval(args) -> int:
-    from .eval.accuracy import evaluate, format_table, plot
+    from .eval.accuracy import evaluate, format_paired, format_table, paired_differences, plot
     from .eval.compare import resolve_methods
     from .eval.testbed_data import generate
 
@@ -50,9 +50,13 @@ def cmd_eval(args) -> int:
     adapter = adapter_positions(args.model, args.positions)
     rows = evaluate(qa, samples, methods, args.retention, progress=not args.quiet, adapter_opts=adapter)
     print(format_table(rows))
+    diffs = paired_differences(rows)
+    if diffs:
+        print(format_paired(diffs))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "seed": args.seed, "n": args.n,
-                                               "positions": adapter.get("positions", "adapter default"), "results": rows}, indent=1))
+                                               "positions": adapter.get("positions", "adapter default"), "results": rows,
+                                               "paired_vs_tango": diffs}))
         print(f"json: {args.json}")
     if args.plot:
         plot(rows, args.plot)

@@ -111,7 +111,7 @@ def evaluate(qa: QA, samples: list[Sample], methods: list[tuple[str, str, dict]]
                      "by_type": {t: sum(v) / len(v) for t, v in sorted(
                          by_type.items(), key=lambda kv: TYPES.index(kv[0]) if kv[0] in TYPES else 99)},
                      "kl": sum(kl) / n, "top1_agreement": sum(agree) / n, "tokens_kept_mean": sum(kept) / n,
-                     "llm_seconds_mean": secs / n})
+                     "llm_seconds_mean": secs / n, "correct": correct})
     bar.close()
     full = rows[0]["accuracy"]
     for row in rows:
@@ -130,6 +130,32 @@ def format_table(rows: list[dict]) -> str:
                      + "".join(f"{r['by_type'].get(t, float('nan')):>12.3f}" for t in types))
     lines.append(f"n = {rows[0]['n']} questions; rel = accuracy / accuracy of none; KL(full || pruned) and top1 agreement "
                  "of the next-token distribution against the full-token run (label-free)")
+    return "\n".join(lines)
+
+
+def paired_differences(rows: list[dict], against: str = "tango") -> list[dict]:
+    """Accuracy of ``against`` minus each other method's at the same retention, on the same questions, with the
+    standard error of that mean difference (paired: per-question outcomes, so much tighter than comparing two
+    accuracies' own errors). Empty when ``against`` is not among the rows."""
+    import math
+
+    base = {r["retention"]: r for r in rows if r["method"] == against}
+    out = []
+    for r in rows:
+        b = base.get(r["retention"])
+        if b is None or r["method"] == against or r["method"] == "none":
+            continue
+        d = [x - y for x, y in zip(b["correct"], r["correct"])]
+        mean = sum(d) / len(d)
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+        out.append({"method": r["method"], "retention": r["retention"], "difference": mean, "se": se})
+    return out
+
+
+def format_paired(diffs: list[dict], against: str = "tango") -> str:
+    lines = [f"{against} minus each method, same questions (paired standard error):"]
+    for d in diffs:
+        lines.append(f"  {d['method']:<20}{d['retention']:>6g}{d['difference']:>+8.3f} +- {d['se']:.3f}")
     return "\n".join(lines)
 
 

@@ -117,6 +117,12 @@ def test_export_answers_like_the_testbed(model, tmp_path, sample):
         b = ref(input_ids=tb.input_ids(sample), pixel_values_videos=tb.pixel_values(sample.frames)).logits[:, -1:]
     assert (a - b).abs().max() < 0.05  # bf16 round trip of the trained weights; same layout and letters
     assert p.choice(a) == tb.answer(b)
+    # the export asks to be pruned as the testbed is (original positions), and the CLI listens
+    from tango_prune.commands import adapter_positions
+
+    assert tb.checkpoint_positions(loaded.config) == tb.POSITIONS
+    assert adapter_positions(str(out), None) == {"positions": tb.POSITIONS}
+    assert adapter_positions(str(out), "compact") == {"positions": "compact"}
 
 
 def test_missing_weights_is_a_clear_error(tmp_path):

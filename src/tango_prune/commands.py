@@ -15,12 +15,16 @@ def is_testbed(spec: str) -> bool:
 
 
 def adapter_positions(spec: str, given: str | None) -> dict:
-    """apply() options for --positions: the user's choice, else the testbed's own (see testbed.POSITIONS), else the
-    adapter's default."""
+    """apply() options for --positions: the user's choice, else the testbed's own (see testbed.POSITIONS; an exported
+    testbed dir carries it in its config.json), else the adapter's default."""
     if given is None and is_testbed(spec):
         from .eval.testbed import POSITIONS
 
         given = POSITIONS
+    elif given is None and (Path(spec) / "config.json").is_file():  # an exported testbed says so in its config
+        from .eval.testbed import checkpoint_positions
+
+        given = checkpoint_positions(json.loads((Path(spec) / "config.json").read_text()))
     return {} if given is None else {"positions": given}
 
 

@@ -147,6 +147,7 @@ def export(out_dir: str | Path, weights: str | Path | None = None) -> Path:
     out = Path(out_dir)
     model, tok = load_testbed(weights)
     model.config.architectures = ["LlavaOnevisionForConditionalGeneration"]
+    model.config.tango_prune_positions = POSITIONS  # read by the CLI and the lmms-eval plugin (checkpoint_positions)
     model.save_pretrained(out)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out)
@@ -155,6 +156,14 @@ def export(out_dir: str | Path, weights: str | Path | None = None) -> Path:
     (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(MEAN), "image_std": list(STD),
                                                               "size": {"height": 224, "width": 224}}))
     return out
+
+
+def checkpoint_positions(config) -> str | None:
+    """The positions a checkpoint (its config, or config.json as a dict) asks to be pruned with (the exported
+    testbed: ``POSITIONS``), or None."""
+    key = "tango_prune_positions"
+    value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+    return value if value in ("compact", "original") else None
 
 
 def pixel_values(frames: torch.Tensor) -> torch.Tensor:

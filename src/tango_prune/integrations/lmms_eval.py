@@ -71,6 +71,10 @@ class TangoVideoLLM(lmms):
                              f"(use --model {other})")
         self.prompter = CheckpointPrompter(self.model, pretrained)
         self.tokenizer = self.prompter.tok
+        from ..eval.testbed import checkpoint_positions
+
+        if "positions" not in opts and checkpoint_positions(self.model.config):  # the exported testbed's own
+            opts["positions"] = checkpoint_positions(self.model.config)
         # applied once for the model's life; every generate() call then prunes
         self.handle = apply(self.model, method=self.method, retention=self.retention, **opts)
         self.timings: list[dict] = []

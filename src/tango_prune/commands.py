@@ -32,10 +32,8 @@ def resolve_qa(spec: str):
     """'testbed' (the committed testbed model) or a local checkpoint dir -> QA."""
     from .eval.accuracy import checkpoint_qa, testbed_qa
 
-    if spec == "testbed":
-        return testbed_qa()
-    if spec.endswith(".pt") and Path(spec).is_file():
-        return testbed_qa(spec)
+    if is_testbed(spec):
+        return testbed_qa(None if spec == "testbed" else spec)
     if not Path(spec).is_dir():
         raise ValueError(f"--model must be 'testbed', a testbed weights file (.pt) or a checkpoint dir; {spec!r} is none")
     return checkpoint_qa(spec)

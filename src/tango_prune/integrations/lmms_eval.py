@@ -73,8 +73,8 @@ class TangoVideoLLM(lmms):
         self.tokenizer = self.prompter.tok
         from ..eval.testbed import checkpoint_positions
 
-        if "positions" not in opts and checkpoint_positions(self.model.config):  # the exported testbed's own
-            opts["positions"] = checkpoint_positions(self.model.config)
+        if "positions" not in opts and (own := checkpoint_positions(self.model.config)):  # an exported testbed's
+            opts["positions"] = own
         # applied once for the model's life; every generate() call then prunes
         self.handle = apply(self.model, method=self.method, retention=self.retention, **opts)
         self.timings: list[dict] = []

@@ -22,6 +22,7 @@ import torch
 
 from tango_prune.eval import testbed as tb
 from tango_prune.eval import testbed_data as td
+from testbed_losses import OBJECT, AttentionTap, aux_loss, background_attention_loss
 
 SHAPE = (td.FRAMES, 256, 384)
 
@@ -54,15 +55,20 @@ def cache(args) -> None:
 
 
 def masks(args) -> None:
+    """Per cached clip: each pooled token's object coverage (masks.npy) and each frame's shape (shapes.npy, -1: none),
+    for the auxiliary losses; resumes where the files end."""
     out = Path(args.out)
     meta = json.loads((out / "meta.json").read_text())
     n = len(meta) if args.n is None else args.n
-    path = out / "masks.npy"
+    path, spath = out / "masks.npy", out / "shapes.npy"
     done = np.load(path) if path.is_file() else np.zeros((0, td.FRAMES, 64), np.float16)
+    sdone = np.load(spath) if spath.is_file() else np.zeros((0, td.FRAMES), np.int8)
+    start = min(len(done), len(sdone))
     bg = td.Backgrounds(None)
-    rows = [td.object_fraction([args.seed, i], bg, meta[i]["qtype"]) for i in range(len(done), n)]
-    np.save(path, np.concatenate([done, np.asarray(rows, np.float16).reshape(-1, td.FRAMES, 64)]))
-    print(f"masks for {n} clips", flush=True)
+    rows = [td.object_labels([args.seed, i], bg, meta[i]["qtype"]) for i in range(start, n)]
+    np.save(path, np.concatenate([done[:start], np.asarray([r[0] for r in rows], np.float16).reshape(-1, td.FRAMES, 64)]))
+    np.save(spath, np.concatenate([sdone[:start], np.asarray([r[1] for r in rows], np.int8).reshape(-1, td.FRAMES)]))
+    print(f"masks and shapes for {n} clips", flush=True)
 
 
 GRIDS = (8, 6, 4, 3, 2)  # tokens per frame side in the mixed layouts; 8 is the class's own pooling
@@ -155,13 +161,6 @@ def whiten_projector(model, feats, idx) -> None:
     lin.weight.copy_(w)
 
 
-def aux_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dense auxiliary target: each video token predicts how much of its cell the object covers (BCE on the share;
-    positives are rare, so they weigh 5x). Trains only through training; nothing of it is committed."""
-    return torch.nn.functional.binary_cross_entropy_with_logits(pred.reshape(target.shape), target,
-                                                                pos_weight=torch.tensor(5.0))
-
-
 def pretrain_projector(model, feats, meta, train_idx, val_idx, minutes: float, batch: int, log, rng, aux_proj,
                        fracs, aux_w: float) -> None:
     inner = model.model
@@ -199,7 +198,8 @@ def train(args) -> None:
     meta = json.loads((root / "meta.json").read_text())
     feats = np.load(root / "feats.npy", mmap_mode="r")
     n = len(meta) if args.n is None else min(args.n, len(meta))
-    fracs = np.load(root / "masks.npy") if args.aux else None
+    fracs = np.load(root / "masks.npy") if args.aux or args.attn_sup or args.shape_aux else None
+    shapes = np.load(root / "shapes.npy") if args.shape_aux else None
     if fracs is not None:
         n = min(n, len(fracs))
     held = args.held
@@ -218,8 +218,11 @@ def train(args) -> None:
     rest = [p for p in params if all(p is not q for q in proj)]
     width = model.config.text_config.hidden_size
     aux_proj, aux_dec = torch.nn.Linear(width, 1), torch.nn.Linear(width, 1)
+    shape_proj, shape_dec = torch.nn.Linear(width, len(td.SHAPES)), torch.nn.Linear(width, len(td.SHAPES))
+    tap = AttentionTap(model.model.language_model) if args.attn_sup else None
     opt = torch.optim.AdamW([{"params": proj, "lr": args.lr * args.proj_lr_mult},
-                             {"params": [*rest, *aux_proj.parameters(), *aux_dec.parameters()], "lr": args.lr}],
+                             {"params": [*rest, *aux_proj.parameters(), *aux_dec.parameters(), *shape_proj.parameters(),
+                                         *shape_dec.parameters()], "lr": args.lr}],
                             weight_decay=0.01, betas=(0.9, 0.98))
     letters = tb.letter_ids()
     log = open(args.log, "a") if args.log else sys.stdout
@@ -251,16 +254,32 @@ def train(args) -> None:
                 videos = [v[torch.randperm(len(v), generator=g)[: max(1, round(keep * len(v)))].sort().values]
                           for v in videos]
             emb, mask, pos, is_video = batch_embeds(model, videos, [meta[i] for i in idx])
+            supervise = keep is None and model.training
+            if tap is not None:
+                tap.inputs.clear()
             out = model.model.language_model(inputs_embeds=emb, attention_mask=mask, position_ids=pos,
-                                             output_hidden_states=bool(args.aux))
+                                             output_hidden_states=bool(args.aux or args.shape_aux))
             logits = model.lm_head(out.last_hidden_state[:, -1])
-            dense = None
-            if args.aux and keep is None:
+            extra = {}
+            if fracs is not None and supervise:
                 target = torch.cat([pool_targets(fracs[i], None if grids is None else grids[k]) for k, i in enumerate(idx)])
                 video = torch.cat(videos)
-                dense = (aux_proj(video).float().reshape(-1), aux_dec(out.hidden_states[2][is_video]).float().reshape(-1),
-                         target)
-        return logits.float()[:, letters], dense
+                if args.aux:
+                    extra["aux"] = aux_loss(aux_proj(video).float(), target) + aux_loss(
+                        aux_dec(out.hidden_states[2][is_video]).float(), target)
+                if args.attn_sup:
+                    obj = torch.zeros_like(is_video)
+                    obj[is_video] = target >= OBJECT
+                    extra["attn"] = background_attention_loss(tap, is_video, obj, mask)
+                if args.shape_aux and grids is None:  # each well-covered token names the shape on it
+                    per_frame = torch.from_numpy(np.stack([shapes[i] for i in idx]).astype(np.int64))  # (B, 16)
+                    label = per_frame[:, :, None].expand(-1, -1, 64).reshape(-1)
+                    label = torch.where(target >= 0.25, label, torch.full_like(label, -100))
+                    if (label >= 0).any():
+                        ce = torch.nn.functional.cross_entropy
+                        extra["shape"] = ce(shape_proj(video).float(), label) + ce(
+                            shape_dec(out.hidden_states[2][is_video]).float(), label)
+        return logits.float()[:, letters], extra
 
     def evaluate(keep=None, mixed=False):
         model.eval()
@@ -284,11 +303,11 @@ def train(args) -> None:
             g["lr"] = base * lr_at(frac)
         idx = rng.choice(train_idx, size=args.batch, replace=False)
         mixed = rng.random() >= args.stock_share  # one layout kind per batch: mixed rows pad to each other, not to 1054
-        logits, dense = run(idx, mixed_grids(rng, args.batch) if mixed else None)
+        logits, extra = run(idx, mixed_grids(rng, args.batch) if mixed else None)
         target = torch.tensor([meta[i]["answer"] for i in idx])
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        if dense is not None:
-            loss = loss + args.aux * (aux_loss(dense[0], dense[2]) + aux_loss(dense[1], dense[2]))
+        answer_loss = torch.nn.functional.cross_entropy(logits, target)
+        weights = {"aux": args.aux, "attn": args.attn_sup, "shape": args.shape_aux}
+        loss = answer_loss + sum(weights[k] * v for k, v in extra.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -298,7 +317,9 @@ def train(args) -> None:
             if args.n is None and fracs is None:  # the cache may still be growing: train on every clip it holds by now
                 meta = json.loads((root / "meta.json").read_text())
                 train_idx = np.arange(held, len(meta))
-            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f}", file=log, flush=True)
+            parts = " ".join(f"{k} {v.item():.3f}" for k, v in extra.items())
+            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} answer {answer_loss.item():.3f} {parts}",
+                  file=log, flush=True)
         if step % args.eval_every == 0:
             acc, by = evaluate()
             print(f"EVAL step {step} {time.time() - t0:.0f}s held-out acc {acc:.3f} {by} (train clips {len(train_idx)})",
@@ -340,6 +361,9 @@ def main() -> None:
     t.add_argument("--stock-share", type=float, default=1.0,
                    help="share of batches in the stock 16 x 8 x 8 layout; the rest get mixed per-frame grids")
     t.add_argument("--attn-dropout", type=float, default=0.0, help="decoder attention dropout while training")
+    t.add_argument("--attn-sup", type=float, default=0.0,
+                   help="weight of the loss keeping the answer's and the object's attention off background tokens")
+    t.add_argument("--shape-aux", type=float, default=0.0, help="weight of the per-token shape loss (needs shapes.npy)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", help="weights to continue from (a file this command wrote)")
     t.add_argument("--log", default=None)

@@ -51,13 +51,16 @@ def test_prompt_layout(sample):
     assert len(set(tb.letter_ids().tolist())) == 4
 
 
-def _train_script():
+def _train_script_module(name: str = "train_testbed"):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import train_testbed
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return train_testbed
+
+
+def _train_script():
+    return _train_script_module()
 
 
 def test_training_fast_path_equals_stock_forward(model, sample):
@@ -134,3 +137,57 @@ def test_committed_weights_are_small():
     if tb.WEIGHTS.is_file():
         assert tb.WEIGHTS.stat().st_size < 50e6
     assert np.isfinite(tb.n_params(tb.build()))
+
+
+def _tiny_decoder():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=50)
+    cfg._attn_implementation = "eager"
+    return tf.Qwen2Model(cfg).eval()
+
+
+def _padded_batch(L=12, pad=(3, 0)):
+    mask = torch.ones(len(pad), L, dtype=torch.long)
+    for b, p in enumerate(pad):
+        mask[b, :p] = 0
+    return torch.randn(len(pad), L, 64), mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def test_tapped_attention_is_the_models_attention():
+    """The attention loss recomputes a few query rows from hooked inputs (the model keeps sdpa): those rows must be
+    what eager attention computes, with RoPE, grouped KV heads, causality and left padding."""
+    losses = _train_script_module("testbed_losses")
+    dec = _tiny_decoder()
+    emb, mask, pos = _padded_batch()
+    tap = losses.AttentionTap(dec)
+    with torch.no_grad():
+        ref = dec(inputs_embeds=emb, attention_mask=mask, position_ids=pos, output_attentions=True).attentions
+        take = torch.tensor([[3, 7, 11], [0, 5, 11]])
+        ours = losses.tapped_attention(tap, take, mask)
+    tap.close()
+    assert len(ours) == len(ref) == 2 and not dec.layers[0].self_attn._forward_pre_hooks
+    for o, r in zip(ours, ref):
+        want = torch.gather(r, 2, take[:, None, :, None].expand(-1, r.shape[1], -1, r.shape[-1]))
+        assert torch.allclose(o, want, atol=1e-5)
+        assert o[0, :, :, :3].abs().max() == 0  # padding gets nothing
+
+
+def test_background_attention_loss_is_zero_without_background_and_trains_queries():
+    losses = _train_script_module("testbed_losses")
+    dec = _tiny_decoder().train()
+    emb, mask, pos = _padded_batch()
+    is_video = torch.zeros(2, 12, dtype=torch.bool)
+    is_video[:, 4:9] = True
+    tap = losses.AttentionTap(dec)
+    dec(inputs_embeds=emb, attention_mask=mask, position_ids=pos)
+    assert losses.background_attention_loss(tap, is_video, is_video.clone(), mask).item() == pytest.approx(0, abs=1e-3)
+    obj = torch.zeros_like(is_video)
+    obj[:, 5] = True
+    loss = losses.background_attention_loss(tap, is_video, obj, mask)
+    assert loss.item() > 0.05
+    loss.backward()
+    assert dec.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    tap.close()

@@ -94,3 +94,22 @@ def test_object_fraction_is_where_the_object_is(samples):
         for t, px in shown.items():  # the painted pixels' cells are covered
             cells = set((px[:, 0] // 28 * 8 + px[:, 1] // 28).tolist())
             assert all(f[t, c] > 0 for c in cells)
+
+
+def test_object_labels_name_the_shape_in_each_frame(samples):
+    """The shape loss's targets: a frame has a shape exactly where the object covers something, and it is the one
+    the question is about (order: the first one shown is the answer)."""
+    s_all, d = samples
+    bg = td.Backgrounds(sorted(d.iterdir()))
+    for i in range(len(td.TYPES)):
+        s = s_all[i]
+        frac, shape = td.object_labels([3, i], bg, s.qtype)
+        assert shape.shape == (td.FRAMES,) and np.array_equal(frac, td.object_fraction([3, i], bg, s.qtype))
+        assert np.array_equal(shape >= 0, frac.sum(1) > 0)
+        named = [td.SHAPES[k] for k in shape if k >= 0]
+        if s.qtype == "order":
+            assert named[0] == s.options[s.answer] and len(set(named)) == 2
+        elif s.qtype == "brief_shape":
+            assert set(named) == {s.options[s.answer]}
+        else:  # the question names the shape
+            assert set(named) == {next(x for x in td.SHAPES if f" {x} " in s.question)}

@@ -39,6 +39,21 @@ def _retention(text: str) -> float:
     return r
 
 
+def _dtype_name(name: str, device: str) -> str:
+    """--dtype auto -> the name of hardware.default_dtype(device)."""
+    import torch
+
+    from .hardware import default_dtype
+
+    if name != "auto":
+        return name
+    try:
+        dt = default_dtype(device)
+    except RuntimeError as e:  # a device string torch cannot parse
+        raise UsageError(f"--device: {e}") from None
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dt, "fp32")
+
+
 def cmd_bench_pruner(args) -> int:
     from .bench.pruner import format_table, run_bench
 
@@ -48,8 +63,9 @@ def cmd_bench_pruner(args) -> int:
     bad = [s for s in sims if s not in ("exact", "fast")]
     if bad:
         raise UsageError(f"--similarity takes exact and/or fast, got {bad[0]!r}")
+    dtype = _dtype_name(args.dtype, args.device)
     rows = run_bench(
-        args.frames, args.tokens, args.dim, args.dtype, args.retention, sims, args.repeats,
+        args.frames, args.tokens, args.dim, dtype, args.retention, sims, args.repeats,
         args.release, args.release_max_frames, args.device, progress=not args.quiet,
         scene_frames=tuple(args.scene_frames), max_segment_frames=args.max_segment_frames,
     )
@@ -147,7 +163,7 @@ def cmd_bench(args) -> int:
     methods = [name for _, name, _ in resolve_methods(args.methods)]
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise UsageError(f"--device takes cpu or cuda[:N], got {args.device!r}")
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[_dtype_name(args.dtype, args.device)]
     rows = run(args.arch, args.frames, methods, args.retention, dtype, args.repeats, args.decode_tokens,
                args.layers, progress=not args.quiet, device=args.device)
     print(format_table(rows))
@@ -195,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=_ints, default=[32, 128], help="comma-separated frame counts")
     b.add_argument("--tokens", type=int, default=196, help="tokens per frame (a square grid)")
     b.add_argument("--dim", type=int, default=3584)
-    b.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
+    b.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"],
+                   help="features' dtype; auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     b.add_argument("--retention", type=_retention, default=0.1)
     b.add_argument("--similarity", default="exact,fast", help="exact and/or fast")
     b.add_argument("--repeats", type=int, default=3)
@@ -213,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--frames", type=_ints, default=[8])
     e.add_argument("--methods", default="none,tango", help="registry names, or all")
     e.add_argument("--retention", type=_retentions, default=[0.1])
-    e.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     e.add_argument("--device", default="cpu")
     e.add_argument("--layers", type=int, help="depth-reduced model, times scaled per layer (labelled estimated)")
     e.add_argument("--repeats", type=int, default=2)

@@ -134,12 +134,13 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
         model, _ = tb.load_testbed(None if model_spec == "testbed" else model_spec)
         clip = _square(clip)
         inputs = {"input_ids": tb.input_ids((question, options), clip.shape[0] * 64 + 1),
-                  "pixel_values_videos": tb.pixel_values(clip).to(torch.bfloat16), "video_timestamps": [ts]}
+                  "pixel_values_videos": tb.pixel_values(clip).to(model.dtype), "video_timestamps": [ts]}
     else:
         from .eval.checkpoint import CheckpointPrompter
+        from .hardware import default_dtype
         from .models.zoo import load_model
 
-        model = load_model(model_spec, dtype=torch.bfloat16)
+        model = load_model(model_spec, dtype=default_dtype())
         prompter = CheckpointPrompter(model, model_spec)
         inputs = prompter.inputs(clip, ts, question)
     adapter = adapter_positions(model_spec, positions)

@@ -26,7 +26,7 @@ def answer_both(sample, method: str, retention: float) -> dict:
     from .models import apply
 
     model, _ = tb.load_testbed()
-    inputs = {"input_ids": tb.input_ids(sample), "pixel_values_videos": tb.pixel_values(sample.frames).to(torch.bfloat16),
+    inputs = {"input_ids": tb.input_ids(sample), "pixel_values_videos": tb.pixel_values(sample.frames).to(model.dtype),
               "video_timestamps": [sample.timestamps]}
     rows = {}
     with torch.no_grad():

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .hardware import default_dtype
+
 SAMPLE_CLIPS = ("bikes", "carphone_pristine", "bigbuckbunny")
 
 
@@ -122,7 +124,7 @@ def resize_frames(frames: Tensor, height: int, patch: int) -> Tensor:
 
 def pixel_patch_tokens(path: str | Path, num_frames: int = 16, height: int = 224, patch: int = 16):
     """A real clip as VideoTokens without any model: sampled frames resized to ``height`` rows, cut into
-    patch x patch RGB patches (3 p^2 values, centred over the clip, bfloat16). A stand-in for a vision
+    patch x patch RGB patches (3 p^2 values, centred over the clip, in default_dtype()). A stand-in for a vision
     tower with the same layout; no attention, so saliency is None. Returns (frames uint8, VideoTokens)."""
     from .types import VideoTokens
 
@@ -131,6 +133,6 @@ def pixel_patch_tokens(path: str | Path, num_frames: int = 16, height: int = 224
     frames, ts = read_frames(path, num_frames)
     frames = resize_frames(frames, height, patch)
     feats = patchify(frames, patch)
-    feats = (feats - feats.mean(dim=(0, 1))).to(torch.bfloat16)  # centred, so cosine compares content
+    feats = (feats - feats.mean(dim=(0, 1))).to(default_dtype())  # centred, so cosine compares content
     T = feats.shape[0]
     return frames, VideoTokens(feats, None, (T, height // patch, frames.shape[2] // patch), ts)

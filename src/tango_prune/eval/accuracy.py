@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..hardware import default_dtype
 from ..methods import get_method
 from .testbed_data import TYPES, Sample
 
@@ -46,7 +47,7 @@ def checkpoint_qa(path) -> QA:
     from .checkpoint import CheckpointPrompter
     from .testbed import prompt_text
 
-    model = load_model(path, dtype=torch.bfloat16)
+    model = load_model(path, dtype=default_dtype())
     p = CheckpointPrompter(model, path)
     return QA(model, lambda s: p.inputs(s.frames, s.timestamps, prompt_text(s.question, s.options)), p.choice, str(path))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..hardware import default_dtype
 from .testbed_data import DIRECTIONS, QUADRANTS, SHAPES, Sample
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "testbed" / "testbed.pt"
@@ -122,8 +123,8 @@ def trained_state(model) -> dict:
             if ".vision_tower." not in k and not k.startswith("vision_tower.")}
 
 
-def load_testbed(weights: str | Path | None = None, dtype: torch.dtype = torch.bfloat16):
-    """(model, tokenizer): the trained testbed, in eval mode."""
+def load_testbed(weights: str | Path | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer): the trained testbed, in eval mode, in ``dtype`` (None: hardware.default_dtype())."""
     path = Path(weights) if weights else WEIGHTS
     if not path.is_file():
         raise ValueError(f"no testbed weights at {path}; train them with scripts/train_testbed.py or pass a file")
@@ -133,7 +134,7 @@ def load_testbed(weights: str | Path | None = None, dtype: torch.dtype = torch.b
     missing = [k for k in missing if "vision_tower" not in k]
     if missing or unexpected:
         raise ValueError(f"{path} is not a testbed checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.to(dtype).eval(), tokenizer()
+    return model.to(dtype or default_dtype()).eval(), tokenizer()
 
 
 CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"

@@ -43,6 +43,7 @@ class Sample:
     options: list[str]  # four, shown as A-D
     answer: int  # index into options
     qtype: str
+    shown: tuple[str, ...] = ()  # per frame, the shape composited into it ("" if none): training labels only
 
     def prompt(self) -> str:
         letters = "ABCD"
@@ -63,7 +64,7 @@ def shape_mask(shape: str, size: int = OBJ) -> np.ndarray:
     raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
 
 
-def paste(frame: np.ndarray, shape: str, colour: str, top: int, left: int) -> None:
+def _paste(frame: np.ndarray, shape: str, colour: str, top: int, left: int) -> None:
     m = shape_mask(shape)
     h = min(OBJ, SIZE - top)
     w = min(OBJ, SIZE - left)
@@ -115,6 +116,12 @@ def _options(rng: np.random.Generator, choices: tuple, correct) -> tuple[list, i
 
 def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample:
     frames = bg.window(rng)
+    shown = [""] * FRAMES
+
+    def paste(frame_index: int, shape: str, colour: str, top: int, left: int) -> None:
+        _paste(frames[frame_index], shape, colour, top, left)
+        shown[frame_index] = shape
+
     colour = str(rng.choice(list(COLOURS)))
     shape = str(rng.choice(SHAPES))
     lo, hi = 8, SIZE - OBJ - 8
@@ -123,7 +130,7 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
         span = int(rng.integers(1, 3))
         top, left = (int(v) for v in rng.integers(lo, hi, 2))
         for t in range(t0, min(FRAMES, t0 + span)):
-            paste(frames[t], shape, colour, top, left)
+            paste(t, shape, colour, top, left)
         q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, SHAPES, shape)
     elif qtype == "direction":
@@ -134,7 +141,7 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
             path = path[::-1]
         for t in range(FRAMES):
             top, left = (fixed, path[t]) if d in ("left", "right") else (path[t], fixed)
-            paste(frames[t], shape, colour, top, left)
+            paste(t, shape, colour, top, left)
         q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, DIRECTIONS, d)
     elif qtype == "count":
@@ -143,7 +150,7 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
         for s in starts:
             top, left = (int(v) for v in rng.integers(lo, hi, 2))
             for t in range(s, min(FRAMES, s + 3)):
-                paste(frames[t], shape, colour, top, left)
+                paste(t, shape, colour, top, left)
         q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, OPTIONS[qtype], str(n))
     elif qtype == "order":
@@ -153,7 +160,7 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
         for s, t0 in ((first, t1), (second, t2)):
             top, left = (int(v) for v in rng.integers(lo, hi, 2))
             for t in range(t0, t0 + 3):
-                paste(frames[t], s, colour, top, left)
+                paste(t, s, colour, top, left)
         q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, SHAPES, first)
     elif qtype == "location":
@@ -163,13 +170,13 @@ def make_sample(rng: np.random.Generator, bg: Backgrounds, qtype: str) -> Sample
         left = int(rng.integers(4, half - OBJ - 4)) + (half if quad % 2 else 0)
         t0 = int(rng.integers(0, FRAMES - 4))
         for t in range(t0, t0 + 4):
-            paste(frames[t], shape, colour, top, left)
+            paste(t, shape, colour, top, left)
         q = TEMPLATES[qtype].format(colour=colour, shape=shape)
         opts, ans = _options(rng, QUADRANTS, QUADRANTS[quad])
     else:
         raise ValueError(f"qtype must be one of {TYPES}, got {qtype!r}")
     ts = torch.arange(FRAMES, dtype=torch.float32) * 0.5
-    return Sample(torch.from_numpy(frames), ts, q, opts, ans, qtype)
+    return Sample(torch.from_numpy(frames), ts, q, opts, ans, qtype, tuple(shown))
 
 
 def match_question(question: str) -> tuple[str, list[str]]:
@@ -187,15 +194,22 @@ def match_question(question: str) -> tuple[str, list[str]]:
 
 
 def object_fraction(key, bg: Backgrounds, qtype: str) -> np.ndarray:
-    """(16, 64): the share of each pooled token's 28 x 28 cell that the composited object(s) cover in sample
+    """(16, 64): the share of each pooled token's cell the object covers; see object_labels."""
+    return object_labels(key, bg, qtype)[0]
+
+
+def object_labels(key, bg: Backgrounds, qtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """((16, 64) float, (16,) int): the share of each pooled token's 28 x 28 cell that the composited object(s) cover in sample
     ``make_sample(np.random.default_rng(key), bg, qtype)``, found by regenerating it and its bare background from
-    the same key (the generator is deterministic; make_sample draws its window first)."""
+    the same key (the generator is deterministic; make_sample draws its window first), and per frame the index in
+    SHAPES of the shape shown in it (-1: none; one shape per frame in every question type)."""
     import torch
 
     s = make_sample(np.random.default_rng(key), bg, qtype)
     bare = bg.window(np.random.default_rng(key))
     diff = torch.from_numpy(np.any(s.frames.numpy() != bare, axis=-1).astype(np.float32))  # (16, 224, 224)
-    return torch.nn.functional.avg_pool2d(diff[:, None], 28).reshape(FRAMES, 64).numpy()
+    frac = torch.nn.functional.avg_pool2d(diff[:, None], 28).reshape(FRAMES, 64).numpy()
+    return frac, np.array([SHAPES.index(x) if x else -1 for x in s.shown])
 
 
 def generate(n: int, seed: int = 0, videos: str | Path | None = None, types: tuple[str, ...] = TYPES) -> list[Sample]:

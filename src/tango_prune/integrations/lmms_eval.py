@@ -6,7 +6,7 @@ applied, found by lmms-eval through the ``lmms_eval.models`` entry points of our
 
 model_args: pretrained (local checkpoint dir, required), method (tango), retention (0.1), frames (32; 16 for the
 testbed), fps (sample by rate instead of a count), max_new_tokens (else the task's gen_kwargs, else 32), device
-(cpu), dtype (bfloat16), timing_file (append one JSON line of timings per sample), and method options as
+(cpu), dtype (auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32), timing_file (append one JSON line of timings per sample), and method options as
 ``opt_<name>=value`` (e.g. ``opt_saliency=features``).
 
 Per sample we keep ttft_s, total_s, tokens_full, tokens_kept, prune_s, read_s in ``self.timings``. lmms-eval's
@@ -26,8 +26,8 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "fp32": torch.float32, "float32": torch.float32}
+from ..hardware import resolve_dtype
+
 # evaluator-supplied args we accept and do not use: one request at a time keeps per-sample timings exact
 _IGNORED = ("batch_size", "max_batch_size")
 _DEFAULT_NEW_TOKENS = 32
@@ -46,7 +46,7 @@ class TangoVideoLLM(lmms):
     model_name = "tango"
 
     def __init__(self, pretrained: str, method: str = "tango", retention: float = 0.1, frames: int = 32, fps=None,
-                 max_new_tokens=None, device: str = "cpu", dtype: str = "bfloat16", timing_file=None, **kwargs) -> None:
+                 max_new_tokens=None, device: str = "cpu", dtype: str = "auto", timing_file=None, **kwargs) -> None:
         super().__init__()
         from ..eval.checkpoint import CheckpointPrompter
         from ..models import apply
@@ -56,14 +56,16 @@ class TangoVideoLLM(lmms):
         unknown = [k for k in kwargs if not k.startswith("opt_") and k not in _IGNORED]
         if unknown:  # a typo in --model_args would otherwise be silently dropped
             raise ValueError(f"{self.model_name}: unknown model_args {unknown}; method options go as opt_<name>=value")
-        if str(dtype).lower() not in _DTYPES:
-            raise ValueError(f"{self.model_name}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.frames, self.fps = int(frames), _none(fps)
         self.fps = float(self.fps) if self.fps is not None else None
         self.max_new_tokens = int(max_new_tokens) if _none(max_new_tokens) is not None else None
         self.method, self.retention = str(method), 1.0 if method == "none" else float(retention)
         self._device = torch.device(_none(device) or "cpu")
-        self.model = load_model(pretrained, dtype=_DTYPES[str(dtype).lower()], device=str(self._device))
+        try:
+            dtype = resolve_dtype(dtype, self._device)
+        except ValueError as e:
+            raise ValueError(f"{self.model_name}: {e}") from None
+        self.model = load_model(pretrained, dtype=dtype, device=str(self._device))
         arch = type(self.model).__name__
         if self.architectures and arch not in self.architectures:
             other = "tango_qwen2_5_vl" if "Qwen" in arch else "tango_llava_onevision"

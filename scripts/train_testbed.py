@@ -300,6 +300,9 @@ def train(args) -> None:
         model.model.vision_tower.eval()
         return correct / len(val_idx), {k: round(sum(v) / len(v), 3) for k, v in by.items()}
 
+    if args.init:  # where the continued weights start, on this machine's features
+        acc, by = evaluate()
+        print(f"EVAL step 0 held-out acc {acc:.3f} {by}", file=log, flush=True)
     while time.time() - t0 < total:
         frac = (time.time() - t0) / total
         for g, base in zip(opt.param_groups, (args.lr * args.proj_lr_mult, args.lr)):

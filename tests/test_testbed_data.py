@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("av")
 
-from tango_prune.eval import testbed_data as td  # noqa: E402
+from tango_prune.testbed import data as td  # noqa: E402
 
 from .test_demo import write_video  # noqa: E402
 

@@ -15,7 +15,7 @@ import torch
 
 from ..hardware import default_dtype
 from ..methods import get_method
-from .testbed_data import TYPES, Sample
+from ..testbed.data import TYPES, Sample
 
 
 @dataclass
@@ -29,7 +29,7 @@ class QA:
 
 
 def testbed_qa(weights=None) -> QA:
-    from . import testbed as tb
+    from ..testbed import model as tb
 
     model, _ = tb.load_testbed(weights)
     dtype = next(model.parameters()).dtype
@@ -45,7 +45,7 @@ def checkpoint_qa(path) -> QA:
     """A local LLaVA-OV / Qwen2-VL / Qwen2.5-VL checkpoint dir, asked the testbed's questions in the same words."""
     from ..models.zoo import load_model
     from .checkpoint import CheckpointPrompter
-    from .testbed import prompt_text
+    from ..testbed.model import prompt_text
 
     model = load_model(path, dtype=default_dtype())
     p = CheckpointPrompter(model, path)

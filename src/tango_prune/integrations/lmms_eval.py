@@ -73,7 +73,7 @@ class TangoVideoLLM(lmms):
                              f"(use --model {other})")
         self.prompter = CheckpointPrompter(self.model, pretrained)
         self.tokenizer = self.prompter.tok
-        from ..eval.testbed import checkpoint_positions
+        from ..testbed.model import checkpoint_positions
 
         if "positions" not in opts and (own := checkpoint_positions(self.model.config)):  # an exported testbed's
             opts["positions"] = own

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..types import Pruned, VideoTokens, positions_of
-from . import register
+from .registry import register
 from .common import check_retention, exact_count, finish, frame_budgets, no_options, saliency_of, topk_per_frame
 
 

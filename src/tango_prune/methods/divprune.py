@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..types import Pruned, VideoTokens
-from . import register
+from .registry import register
 from .common import check_retention, exact_count, finish, no_options
 
 

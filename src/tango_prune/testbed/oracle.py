@@ -1,6 +1,6 @@
 """How much can any pruner keep on the testbed? An object oracle against real methods, same questions.
 
-    python scripts/testbed_oracle.py --n 200 --retention 0.1,0.2 [--methods tango,uniform,random] [--weights FILE]
+    python -m tango_prune.testbed.oracle --n 200 --retention 0.1,0.2 [--methods tango,uniform,random] [--weights FILE]
 
 The oracle knows where the composited object is (the generator regenerates each clip without it): at ratio r it
 keeps the tokens the object covers most (a token counts when over 5% of its cell is object), up to the budget
@@ -15,8 +15,8 @@ import argparse
 import numpy as np
 import torch
 
-from tango_prune.eval import testbed as tb
-from tango_prune.eval import testbed_data as td
+from tango_prune.testbed import model as tb
+from tango_prune.testbed import data as td
 from tango_prune.eval.accuracy import testbed_qa
 from tango_prune.methods.common import exact_count, finish
 from tango_prune.models.llava_ov import LlavaOnevisionHandle

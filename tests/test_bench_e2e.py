@@ -16,6 +16,9 @@ TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_
 TINY_QWEN_VIT = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
                      spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
                      in_channels=3, tokens_per_second=2)
+TINY_QWEN3_VIT = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0, 1], in_channels=3)
 FIELDS = {"arch", "frames", "method", "retention", "dtype", "device", "vision_s", "saliency_s", "prune_s", "prefill_s",
           "ttft_s", "decode_tok_s", "peak_mem_gb", "flops_vision", "flops_llm", "limit_speedup", "speedup", "estimated"}
 
@@ -38,9 +41,10 @@ def test_llm_flops_by_hand():
 def tiny_archs(monkeypatch):
     monkeypatch.setitem(archs.ARCHS, "tiny-ov", ("llava", TINY_VIT, TINY_LLM))
     monkeypatch.setitem(archs.ARCHS, "tiny-qwen", ("qwen", TINY_QWEN_VIT, TINY_LLM))
+    monkeypatch.setitem(archs.ARCHS, "tiny-qwen3", ("qwen3", TINY_QWEN3_VIT, dict(TINY_LLM, head_dim=16)))
 
 
-@pytest.mark.parametrize("arch", ["tiny-ov", "tiny-qwen"])
+@pytest.mark.parametrize("arch", ["tiny-ov", "tiny-qwen", "tiny-qwen3"])
 def test_bench_runs_end_to_end_with_every_field(arch, tiny_archs, tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     assert main(["bench", "--arch", arch, "--frames", "4", "--methods", "none,tango,topk", "--retention", "0.25",

@@ -72,12 +72,14 @@ def test_entry_points_register_both_models():
     eps = {e.name: e.value for e in importlib.metadata.entry_points(group="lmms_eval.models")}
     assert eps["tango_llava_onevision"] == "tango_prune.integrations.lmms_eval:LLAVA_ONEVISION"
     assert eps["tango_qwen2_5_vl"] == "tango_prune.integrations.lmms_eval:QWEN2_5_VL"
+    assert eps["tango_qwen3_vl"] == "tango_prune.integrations.lmms_eval:QWEN3_VL"
     from lmms_eval.models import get_model
 
-    from tango_prune.integrations.lmms_eval import TangoLlavaOneVision, TangoQwen2_5_VL
+    from tango_prune.integrations.lmms_eval import TangoLlavaOneVision, TangoQwen2_5_VL, TangoQwen3_VL
 
     assert get_model("tango_llava_onevision") is TangoLlavaOneVision
     assert get_model("tango_qwen2_5_vl") is TangoQwen2_5_VL
+    assert get_model("tango_qwen3_vl") is TangoQwen3_VL
 
 
 def test_cli_runs_a_local_task(testbed_dir, tmp_path):
@@ -134,8 +136,8 @@ def test_generate_until_direct(testbed_dir):
         TangoLlavaOneVision(pretrained=str(testbed_dir), retension=0.2)
 
 
-def tiny_qwen_dir(path):
-    """zoo's tiny random Qwen2.5-VL saved with a word-level tokenizer whose ids match its vision tokens."""
+def tiny_qwen_dir(path, family="qwen2.5-vl"):
+    """zoo's tiny random Qwen2.5-VL (or Qwen3-VL) saved with a word-level tokenizer whose ids match its vision tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -155,7 +157,7 @@ def tiny_qwen_dir(path):
     t.add_special_tokens(list(names.values()))
     tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
     tok.chat_template = CHAT_TEMPLATE
-    tiny_model("qwen2.5-vl").save_pretrained(path)
+    tiny_model(family).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -169,3 +171,18 @@ def test_qwen_generate_until_direct(tmp_path):
     assert len(out) == 1 and isinstance(out[0].text, str)
     (t,) = lm.timings
     assert t["frames"] == 4 and 0 < t["tokens_kept"] < t["tokens_full"] and t["new_tokens"] <= 2
+
+
+def test_qwen3_generate_until_direct(tmp_path):
+    """Qwen3-VL: the prompter writes a timestamp and a run per temporal patch; the model prunes and answers."""
+    from tango_prune.integrations.lmms_eval import TangoQwen3_VL
+
+    lm = TangoQwen3_VL(pretrained=str(tiny_qwen_dir(tmp_path / "qwen3", "qwen3-vl")), retention=0.25, frames=4,
+                       dtype="float32")
+    lm.task_dict = {"t": {"test": [{"video": str(sample_clip("bikes"))}]}}
+    out = lm.generate_until(fake_requests("t", n=1, gen_kwargs={"max_new_tokens": 2}))
+    assert len(out) == 1 and isinstance(out[0].text, str)
+    (t,) = lm.timings
+    assert t["frames"] == 4 and 0 < t["tokens_kept"] < t["tokens_full"] and t["new_tokens"] <= 2
+    with pytest.raises(ValueError, match="tango_qwen3_vl"):
+        TangoQwen3_VL(pretrained=str(tiny_qwen_dir(tmp_path / "q25")), frames=4)

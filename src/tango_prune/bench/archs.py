@@ -8,6 +8,9 @@ Shapes come from the public configs of the checkpoints named here (config.json o
   4 KV heads, vocab 152064.
 - Qwen2.5-VL-7B-Instruct: ViT depth 32, hidden 1280, MLP 3420 (gated), 16 heads, patch 14, window 112, full
   attention at blocks 7/15/23/31, 2x2 merge to 3584; LLM as Qwen2-7B with M-RoPE sections (16, 24, 24).
+- Qwen3-VL-8B-Instruct: ViT depth 27, hidden 1152, MLP 4304 (not gated), 16 heads, patch 16, full attention per
+  temporal patch, 2x2 merge to 4096, deepstack mergers after blocks 8/16/24; LLM hidden 4096, MLP 12288, 36 layers,
+  32 heads of 128, 8 KV heads, vocab 151936, interleaved M-RoPE sections (24, 20, 20), rope theta 5e6.
 """
 from __future__ import annotations
 
@@ -24,11 +27,18 @@ QWEN25_VIT = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                   fullatt_block_indexes=[7, 15, 23, 31], in_channels=3, tokens_per_second=2)
 
+QWEN3_VIT = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096, patch_size=16,
+                 spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                 deepstack_visual_indexes=[8, 16, 24], in_channels=3, hidden_act="gelu_pytorch_tanh")
+QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936)
+
 ARCHS = {
     "llava-ov-0.5b": ("llava", SIGLIP, QWEN2_05B),
     "llava-ov-7b": ("llava", SIGLIP, QWEN2_7B),
     "llava-video-7b": ("llava", SIGLIP, QWEN2_7B),
     "qwen2.5-vl-7b": ("qwen", QWEN25_VIT, QWEN2_7B),
+    "qwen3-vl-8b": ("qwen3", QWEN3_VIT, QWEN3_8B),
 }
 
 
@@ -48,6 +58,16 @@ def build(arch: str, dtype, layers: int | None = None, vision_layers: int | None
         cfg = tf.LlavaOnevisionConfig(vision_config=tf.SiglipVisionConfig(**vis), text_config=tf.Qwen2Config(**txt),
                                       image_token_id=V - 3, video_token_id=V - 2, vision_feature_layer=-1)
         cls = tf.LlavaOnevisionForConditionalGeneration
+    elif family == "qwen3":
+        vis = dict(vis, **({"depth": vision_layers} if vision_layers else {}))
+        if vision_layers:  # keep a deepstack level per cut model, spread as in the full one
+            vis["deepstack_visual_indexes"] = [i for i in vis["deepstack_visual_indexes"] if i < vision_layers] or [0]
+        cfg = tf.Qwen3VLConfig(
+            text_config=dict(txt, rope_parameters={"rope_type": "default", "mrope_section": [24, 20, 20],
+                                                   "mrope_interleaved": True, "rope_theta": 5e6}),
+            vision_config=vis, image_token_id=V - 3, video_token_id=V - 2, vision_start_token_id=V - 5,
+            vision_end_token_id=V - 4)
+        cls = tf.Qwen3VLForConditionalGeneration
     else:
         vis = dict(vis, **({"depth": vision_layers} if vision_layers else {}))
         if vision_layers:
@@ -116,6 +136,14 @@ def flops(model, family: str, frames: int, llm_tokens: int) -> tuple[float, floa
         n = (v.image_size // v.patch_size) ** 2
         vis = frames * vit_flops(Shape(n, v.hidden_size, v.intermediate_size, v.num_hidden_layers), 3 * v.patch_size**2)
         vis += frames * 2 * n * (v.hidden_size * t.hidden_size + t.hidden_size * t.hidden_size)  # projector
+    elif family == "qwen3":
+        t = math.ceil(frames / v.temporal_patch_size)
+        per_frame = 28 * 28  # 448 px frames: 28 x 28 patches of 16 px per temporal patch
+        n = t * per_frame
+        vis = vit_flops(Shape(n, v.hidden_size, v.intermediate_size, v.depth, span=per_frame),
+                        3 * v.temporal_patch_size * v.patch_size**2)
+        m, h = v.spatial_merge_size**2, v.hidden_size
+        vis += (1 + len(v.deepstack_visual_indexes)) * 2 * (n // m) * (m * h * m * h + m * h * v.out_hidden_size)
     else:
         n = math.ceil(frames / v.temporal_patch_size) * 28 * 28  # 392 px frames: 28 x 28 patches per temporal patch
         win = (v.window_size // v.patch_size) ** 2

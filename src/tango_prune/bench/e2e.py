@@ -70,9 +70,14 @@ def _video_inputs(model, family: str, frames: int, dtype, text_before: int, text
         ids = torch.tensor([[1] * text_before + [vid] * n + [2] * text_after])
         return {"input_ids": ids, "pixel_values_videos": torch.randn(1, frames, 3, side, side, generator=g).to(dtype)}
     v = cfg.vision_config
-    t, hw = max(1, frames // v.temporal_patch_size), 28  # 392 x 392 frames -> 28 x 28 patches -> 14 x 14 tokens
+    # 392 x 392 frames (Qwen2.5, 14 px patches) or 448 x 448 (Qwen3, 16 px) -> 28 x 28 patches -> 14 x 14 tokens
+    t, hw = max(1, frames // v.temporal_patch_size), 28
     n = t * hw * hw // v.spatial_merge_size**2
-    ids = torch.tensor([[1] * text_before + [vid] * n + [2] * text_after])
+    if family == "qwen3":  # a timestamp and its own run per temporal patch: "<0.5 seconds><|vision_start|>...<|vision_end|>"
+        run = [3] * 6 + [cfg.vision_start_token_id] + [vid] * (n // t) + [cfg.vision_end_token_id]
+        ids = torch.tensor([[1] * text_before + run * t + [2] * text_after])
+    else:
+        ids = torch.tensor([[1] * text_before + [vid] * n + [2] * text_after])
     pv = torch.randn(t * hw * hw, 3 * v.temporal_patch_size * v.patch_size**2, generator=g).to(dtype)
     return {"input_ids": ids, "pixel_values_videos": pv, "video_grid_thw": torch.tensor([[t, hw, hw]]),
             "second_per_grid_ts": torch.tensor([1.0]), "mm_token_type_ids": (ids == vid).int() * 2}
@@ -83,10 +88,11 @@ def measure_tower(model, family: str, frames: int, repeats: int, dtype) -> dict:
     base = video_inputs(model, family, frames, dtype)
     with apply(model, "none", 1.0, saliency="features") as plain:
         vision_s, (videos, _) = _median(lambda: plain.encode(dict(base), {}), repeats)
+    ctx: dict = {}
     with apply(model, "none", 1.0) as full:
-        with_sal, (salient, _) = _median(lambda: full.encode(dict(base), {}), repeats)
+        with_sal, (salient, _) = _median(lambda: full.encode(dict(base), ctx), repeats)
     return {"base": base, "vision_s": vision_s, "saliency_s": max(0.0, with_sal - vision_s),
-            "plain": videos[0], "salient": salient[0]}
+            "plain": videos[0], "salient": salient[0], "deepstack": ctx.get("deepstack")}
 
 
 def measure(model, family: str, tower: dict, method: str, retention: float, repeats: int, decode_tokens: int) -> dict:
@@ -99,10 +105,13 @@ def measure(model, family: str, tower: dict, method: str, retention: float, repe
     with apply(model, method, r) as h:
         kw, ctx = dict(base), {}
         kw.pop("pixel_values_videos")  # the tower already ran (measure_tower); only its grid bookkeeping is needed
-        if family == "qwen":
-            ctx.update(video_grid_thw=kw.pop("video_grid_thw"), second_per_grid_ts=kw.pop("second_per_grid_ts", None))
+        if family in ("qwen", "qwen3"):
+            ctx.update(video_grid_thw=kw.pop("video_grid_thw"), second_per_grid_ts=kw.pop("second_per_grid_ts", None),
+                       deepstack=tower["deepstack"])
         extra, full_n, short_n = h.assemble([vt], [kept], kw, ctx)
         ids = kw.pop("input_ids")
+        full_n, short_n = ctx.get("run_full", full_n), ctx.get("run_short", short_n)  # Qwen3: a run per frame
+        ctx["full_lengths"] = full_n
         c = compact_video_runs(ids, None, h.video_token_id(), full_n, short_n, h.pad_id())
         extra.update(h.positions(c, ids, None, [kept], kw, ctx))
         stock = type(model).forward.__get__(model)
@@ -159,7 +168,7 @@ def run(arch: str, frames: list[int], methods: list[str], retentions: list[float
                 towers = {f: dict(measure_tower(model, family, f, repeats, dtype), frames=f)}
             row = measure(model, family, towers[f], m, r, repeats, decode_tokens)
             row["vision_s"] *= vis_scale
-            row["saliency_s"] *= vis_scale if family == "qwen" else 1.0
+            row["saliency_s"] *= vis_scale if family in ("qwen", "qwen3") else 1.0
             row["prefill_s"] *= llm_scale
             if row["decode_tok_s"]:
                 row["decode_tok_s"] /= llm_scale

@@ -68,7 +68,7 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_bench_pruner)
 
     e = sub.add_parser("bench", help="TTFT breakdown of a Video LLM at real shapes (random weights), per method")
-    e.add_argument("--arch", required=True, help="llava-ov-0.5b, llava-ov-7b, llava-video-7b or qwen2.5-vl-7b")
+    e.add_argument("--arch", required=True, help="llava-ov-0.5b, llava-ov-7b, llava-video-7b, qwen2.5-vl-7b or qwen3-vl-8b")
     e.add_argument("--frames", type=ints_arg, default=[8])
     e.add_argument("--methods", default="none,tango", help="registry names, or all")
     e.add_argument("--retention", type=retentions_arg, default=[0.1])

@@ -2,7 +2,8 @@
 our own resize, normalisation, Qwen patch layout and placeholder expansion, and the checkpoint's own tokenizer
 and chat template.
 
-Families: LLaVA-OneVision / LLaVA-Video (``LlavaOnevisionForConditionalGeneration``) and Qwen2/2.5-VL.
+Families: LLaVA-OneVision / LLaVA-Video (``LlavaOnevisionForConditionalGeneration``), Qwen2/2.5-VL and Qwen3-VL
+(whose prompt gives each temporal patch a text timestamp and its own placeholder run, as its processor does).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class CheckpointPrompter:
         self.model, self.path = model, Path(path)
         self.tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         self.qwen = "Qwen" in type(model).__name__
+        self.qwen3 = type(model).__name__.startswith("Qwen3")
         self.mean, self.std = _stats(self.path, CLIP if self.qwen else SIGLIP)
         self.dtype = next(model.parameters()).dtype
         letters = [self.tok.encode(x, add_special_tokens=False) for x in "ABCD"]
@@ -94,14 +96,28 @@ class CheckpointPrompter:
             pv, thw = qwen_patches(x, v.patch_size, v.spatial_merge_size, v.temporal_patch_size)
             n = int(thw.prod()) // v.spatial_merge_size**2
             spt = v.temporal_patch_size * (float(timestamps[1] - timestamps[0]) if timestamps is not None and len(timestamps) > 1 else 1.0)
-            extra = {"pixel_values_videos": pv.to(self.dtype), "video_grid_thw": thw, "second_per_grid_ts": torch.tensor([spt])}
+            extra = {"pixel_values_videos": pv.to(self.dtype), "video_grid_thw": thw}
+            if not self.qwen3:  # Qwen3-VL reads time off the text timestamps
+                extra["second_per_grid_ts"] = torch.tensor([spt])
         else:
             side = cfg.vision_config.image_size
             x = _normalise(resize_uint8(frames, side, side), self.mean, self.std)
             n = frames.shape[0] * math.ceil(side // cfg.vision_config.patch_size / 2) ** 2 + 1
             extra = {"pixel_values_videos": x.unsqueeze(0).to(self.dtype)}
         at = int((ids == vid).nonzero()[0, 0])
-        ids = torch.cat([ids[:at], torch.full((n,), vid), ids[at + 1 :]]).unsqueeze(0)
+        if self.qwen3:  # "<1.0 seconds><|vision_start|>" + one temporal patch's placeholders + "<|vision_end|>", each
+            if not (0 < at < len(ids) - 1 and ids[at - 1] == cfg.vision_start_token_id and ids[at + 1] == cfg.vision_end_token_id):
+                raise ValueError(f"{self.path}'s chat template did not keep <|vision_start|><|video_pad|><|vision_end|>")
+            t = int(thw[0, 0])
+            k = cfg.vision_config.temporal_patch_size
+            ts = timestamps.float() if timestamps is not None else torch.arange(frames.shape[0], dtype=torch.float32)
+            ts = torch.cat([ts, ts[-1:].expand((-len(ts)) % k)]).reshape(-1, k)
+            runs = [torch.tensor(self.tok.encode(f"<{float(a + b) / 2:.1f} seconds>", add_special_tokens=False)
+                                 + [int(cfg.vision_start_token_id)] + [vid] * (n // t) + [int(cfg.vision_end_token_id)])
+                    for a, b in zip(ts[:, 0].tolist(), ts[:, -1].tolist())]
+            ids = torch.cat([ids[: at - 1], *runs, ids[at + 2 :]]).unsqueeze(0)  # the marker was start, video, end
+        else:
+            ids = torch.cat([ids[:at], torch.full((n,), vid), ids[at + 1 :]]).unsqueeze(0)
         out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
         if self.qwen:
             out["mm_token_type_ids"] = (ids == vid).int() * 2

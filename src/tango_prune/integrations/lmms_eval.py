@@ -1,4 +1,4 @@
-"""lmms-eval (>= 0.7.3) model plugin: a local LLaVA-OneVision or Qwen2/2.5-VL checkpoint with a tango-prune method
+"""lmms-eval (>= 0.7.3) model plugin: a local LLaVA-OneVision, Qwen2/2.5-VL or Qwen3-VL checkpoint with a tango-prune method
 applied, found by lmms-eval through the ``lmms_eval.models`` entry points of our pyproject::
 
     python -m lmms_eval --model tango_llava_onevision \\
@@ -181,7 +181,13 @@ class TangoQwen2_5_VL(TangoVideoLLM):
     model_name = "tango_qwen2_5_vl"
 
 
+class TangoQwen3_VL(TangoVideoLLM):
+    architectures = ("Qwen3VLForConditionalGeneration",)
+    model_name = "tango_qwen3_vl"
+
+
 # what the entry points name: lmms-eval registers one model id per manifest
 LLAVA_ONEVISION = ModelManifest(model_id="tango_llava_onevision", simple_class_path=f"{__name__}.TangoLlavaOneVision")
 QWEN2_5_VL = ModelManifest(model_id="tango_qwen2_5_vl", simple_class_path=f"{__name__}.TangoQwen2_5_VL",
                            aliases=("tango_qwen2_vl",))
+QWEN3_VL = ModelManifest(model_id="tango_qwen3_vl", simple_class_path=f"{__name__}.TangoQwen3_VL")

@@ -71,3 +71,19 @@ def test_bench_cuda_without_gpu_is_a_one_line_error(capsys):
     assert main(["bench", "--arch", "llava-ov-0.5b", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CUDA" in err
+
+
+def test_bench_vllm_engine_needs_the_vllm_venv(tmp_path, capsys):
+    assert main(["bench", "--engine", "vllm", "--arch", "qwen2.5-vl-3b", "--vllm-python", str(tmp_path / "none")]) == 2
+    assert "scripts/setup.sh vllm" in capsys.readouterr().err
+
+
+def test_bench_vllm_rows_relate_every_method_to_stock_and_to_uniform():
+    from tango_prune.bench.vllm_engine import ARCHS, format_rows, relate
+
+    rows = relate([dict(frames=16, method="none", retention=1.0, ttft_s=10.0, prompt_tokens=1000),
+                   dict(frames=16, method="uniform", retention=0.1, ttft_s=4.0, prompt_tokens=200),
+                   dict(frames=16, method="tango", retention=0.1, ttft_s=5.0, prompt_tokens=200)])
+    assert rows[0]["speedup"] == 1.0 and rows[0]["limit_speedup"] == 1.0
+    assert "| 16 | tango | 0.1 | 200 | 5.00 | 2.00x | 2.50x | 80% | +1.00 |" in format_rows(rows)
+    assert ARCHS["qwen2.5-vl-3b"][0]["num_hidden_layers"] == 36

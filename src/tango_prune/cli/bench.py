@@ -34,6 +34,8 @@ def cmd_bench(args) -> int:
     from ..eval.compare import resolve_methods
 
     methods = [name for _, name, _ in resolve_methods(args.methods)]
+    if args.engine == "vllm":
+        return _bench_vllm(args, methods)
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise UsageError(f"--device takes cpu or cuda[:N], got {args.device!r}")
     dtype = parse_dtype(args.dtype, args.device)
@@ -45,6 +47,18 @@ def cmd_bench(args) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot(rows, args.plot)}")
+    return 0
+
+
+def _bench_vllm(args, methods: list[str]) -> int:
+    from ..bench.vllm_engine import drive, format_rows
+
+    rows = drive(args.arch, args.frames, methods, args.retention, args.repeats, args.px, args.vllm_python,
+                 progress=not args.quiet)
+    print(format_rows(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"engine": "vllm", "results": rows}, indent=1))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -81,4 +95,8 @@ def register(sub) -> None:
     e.add_argument("--json")
     e.add_argument("--plot", help="PNG of the TTFT breakdown")
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                   help="hf: this process, stage by stage; vllm: whole requests through vLLM (qwen2.5-vl-3b/7b)")
+    e.add_argument("--vllm-python", default=".venv-vllm/bin/python", help="the vLLM venv's python (--engine vllm)")
+    e.add_argument("--px", type=int, default=336, help="frame side in pixels (--engine vllm)")
     e.set_defaults(func=cmd_bench)

@@ -14,7 +14,8 @@ from .conftest import golden_dir, load_golden
 from .strategies import retentions, videos
 from .test_properties import SETTINGS, check_valid
 
-PEERS = ["none", "uniform", "random", "topk", "visionzip", "divprune", "fastvid", "holitom", "dycoke", "tango"]
+PEERS = ["none", "uniform", "random", "topk", "visionzip", "divprune", "fastvid", "holitom", "dycoke", "tango", "flashvid",
+         "vidcom2", "evs"]
 
 
 
@@ -29,6 +30,8 @@ def check_budget(name, vt, r, out):
     N = vt.num_tokens
     if name == "none":
         assert out.num_kept == N
+    elif name == "evs":  # vLLM's count by default: at least one whole frame
+        assert out.num_kept == max(vt.grid[1] * vt.grid[2], int(r * N))
     elif getattr(get_method(name), "exact_budget", False):
         assert out.num_kept == exact_count(r, N)
     else:  # methods that round up per frame and segment part, as their releases do
@@ -52,7 +55,7 @@ def test_valid_within_budget_and_deterministic(name, vt, r):
     check_budget(name, vt, r, out)
     again = pruner(vt)
     assert torch.equal(out.index, again.index) and torch.equal(out.features, again.features)
-    if vt.saliency is None and name in ("topk", "visionzip", "holitom", "tango", "fastvid"):
+    if vt.saliency is None and name in ("topk", "visionzip", "holitom", "tango", "fastvid", "flashvid"):
         assert out.info.get("saliency") == "feature-distinctiveness"
 
 

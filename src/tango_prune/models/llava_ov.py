@@ -21,6 +21,23 @@ from .saliency import attention_received, cls_attention, load_siglip_head, map_h
 
 # the release's sink positions, by pooled grid (SPEC: LLaVA-OV 14x14, LLaVA-Video 13x13)
 SINK_PRESETS = {(14, 14): "llava-ov", (13, 13): "llava-video"}
+SALIENCY_MODES = ("auto", "map-head", "cls", "attention", "features")
+SALIENCY_SOURCES = {"map-head": "siglip-map-head", "cls": "cls-attention", "attention": "attention-received",
+                    "features": "feature-distinctiveness"}  # what last_stats reports for each mode
+
+
+def resolve_saliency(mode: str, has_head: bool, strategy: str) -> str:
+    """``auto``: the MAP head when one is given (the release's source), else CLS attention for a tower with a CLS
+    token (select strategy "default" drops it from the features), else the attention each token receives."""
+    if mode != "auto":
+        return mode
+    return "map-head" if has_head else "cls" if strategy == "default" else "attention"
+
+
+def sink_preset(method: str, sinks_given: bool, grid: tuple[int, int]) -> str | None:
+    """Tango gets the release's sinks for the grid it was tuned on, unless the user chose sinks."""
+    preset = SINK_PRESETS.get(tuple(grid))
+    return None if method != "tango" or sinks_given else preset
 
 
 class LlavaOnevisionHandle(PruneHandle):
@@ -31,7 +48,7 @@ class LlavaOnevisionHandle(PruneHandle):
         if positions not in ("compact", "original"):
             raise ValueError(f"positions must be 'compact' (the release's) or 'original', got {positions!r}")
         self.position_mode = positions
-        if saliency not in ("auto", "map-head", "cls", "attention", "features"):
+        if saliency not in SALIENCY_MODES:
             raise ValueError(f"saliency must be auto, map-head, cls, attention or features, got {saliency!r}")
         if saliency == "map-head" and siglip_head is None:
             raise ValueError("saliency='map-head' needs siglip_head=PATH (a local SigLIP checkpoint with its head)")
@@ -48,9 +65,8 @@ class LlavaOnevisionHandle(PruneHandle):
         self._pruners: dict = {}
 
     def _pruner_for(self, grid: tuple[int, int]):
-        """Tango gets the release's sinks for the grid it was tuned on, unless the user chose sinks."""
-        preset = SINK_PRESETS.get(grid)
-        if self.method != "tango" or self.sinks_given or preset is None:
+        preset = sink_preset(self.method, self.sinks_given, grid)
+        if preset is None:
             return self.pruner
         if preset not in self._pruners:
             from ..methods import get_method
@@ -101,11 +117,9 @@ class LlavaOnevisionHandle(PruneHandle):
         return feats, sal, source
 
     def _saliency(self, hs, layer: int, strategy: str):
-        mode = self.saliency
-        if mode == "auto":
-            mode = "map-head" if self.head is not None else "cls" if strategy == "default" else "attention"
+        mode = resolve_saliency(self.saliency, self.head is not None, strategy)
         if mode == "features":
-            return None, "feature-distinctiveness"
+            return None, SALIENCY_SOURCES[mode]
         idx = layer if layer >= 0 else len(hs) + layer  # hidden_states[i] is the output of layer i - 1
         if mode == "map-head":
             head, post_ln = self.head

@@ -11,13 +11,18 @@ from torch import Tensor
 
 def _qk(layer, hidden: Tensor) -> tuple[Tensor, Tensor, float]:
     """Queries and keys of one pre-norm encoder layer: CLIP/SigLIP (``layer_norm1``, ``self_attn``) or DINOv2
-    (``norm1``, ``attention``) naming."""
+    (``norm1``, ``attention``) naming, with separate q/k projections (transformers) or one fused ``qkv_proj``
+    returning (out, bias) whose heads are this rank's (vLLM)."""
     attn = getattr(layer, "self_attn", None) or layer.attention
     h = (getattr(layer, "layer_norm1", None) or layer.norm1)(hidden)
-    heads = getattr(attn, "num_heads", None) or attn.num_attention_heads
+    heads = getattr(attn, "num_heads_per_partition", None) or getattr(attn, "num_heads", None) or attn.num_attention_heads
     scale = getattr(attn, "scale", None) or attn.scaling
-    q = attn.q_proj(h).unflatten(-1, (heads, -1)).transpose(1, 2).float()
-    k = attn.k_proj(h).unflatten(-1, (heads, -1)).transpose(1, 2).float()
+    if hasattr(attn, "qkv_proj"):
+        q, k, _ = attn.qkv_proj(h)[0].chunk(3, dim=-1)  # the layout vLLM's own attention forward splits
+    else:
+        q, k = attn.q_proj(h), attn.k_proj(h)
+    q = q.unflatten(-1, (heads, -1)).transpose(1, 2).float()
+    k = k.unflatten(-1, (heads, -1)).transpose(1, 2).float()
     return q, k, float(scale)
 
 

@@ -1,0 +1,140 @@
+"""vLLM plugin: tango-prune's methods in place of vLLM's own video pruning (EVS / VidCom2) for Qwen2.5-VL and
+Qwen3-VL (dense and MoE), plus LLaVA-OneVision where ``llava_ov`` provides it.
+
+Entry point (group ``vllm.general_plugins``): ``register``, which vLLM calls in every process it starts. It does
+nothing unless ``TANGO_PRUNE_METHOD`` names a method; then vLLM's ``--video-pruning-rate q`` keeps 1 - q of each
+video's tokens, chosen by that method (options: ``TANGO_PRUNE_OPTIONS``, a JSON object; see ``settings``).
+
+What it changes, only while active:
+  * the module-level ``compute_retained_tokens_count`` names in vLLM's Qwen model modules (vLLM's own hook for the
+    placeholder count) -> ``settings.kept_count``, so the prompt reserves exactly what the pruner keeps;
+  * the model classes of those architectures -> subclasses (``qwen``) whose EVS post-processing step runs our
+    pruner instead and writes merged features into the kept rows, kept tokens keeping their own M-RoPE positions;
+  * on CPU, the worker's ``CPUModelRunner`` -> a subclass that turns pruning on like the GPU runner does (vLLM
+    0.32's CPU runner never does, so the position channels the models append are never stripped and it crashes).
+"""
+from __future__ import annotations
+
+import re
+
+from .runtime import activate, active_settings, announce
+from .settings import Settings, read_settings
+
+SUPPORTED_VLLM = re.compile(r"0\.32(\.|$)")
+# architecture -> our subclass in .qwen. Registered as classes, not "module:class" strings: a string makes vLLM
+# inspect the class in a fresh subprocess (~30 s on a 2-core CPU whenever qwen.py changes), while the modules
+# it needs are imported here anyway to patch the counts.
+MODELS = {
+    "Qwen2_5_VLForConditionalGeneration": "TangoQwen2_5_VL",
+    "Qwen3VLForConditionalGeneration": "TangoQwen3VL",
+    "Qwen3VLMoeForConditionalGeneration": "TangoQwen3VLMoe",
+}
+# vLLM model modules whose processors size the video placeholders with a module-level count function
+COUNT_HOOKS = {
+    "vllm.model_executor.models.qwen2_5_vl": ("compute_retained_tokens_count",),
+    "vllm.model_executor.models.qwen3_vl": ("compute_retained_tokens_count", "vidcom2_compute_retained_tokens_count"),
+}
+
+_registered = False
+
+
+def _check_version() -> str:
+    import vllm
+
+    version = getattr(vllm, "__version__", "unknown")
+    if not SUPPORTED_VLLM.match(version):
+        raise RuntimeError(f"tango-prune's vLLM plugin supports vLLM 0.32.x, found {version}; "
+                           f"install vllm 0.32 (scripts/setup_vllm.sh) or unset TANGO_PRUNE_METHOD")
+    return version
+
+
+def _retained_count(settings: Settings):
+    from .settings import kept_count
+
+    def compute_retained_tokens_count(tokens_per_frame: int, num_frames: int, q: float) -> int:
+        """tango-prune's replacement of vLLM's count: exactly what the pruner keeps at retention 1 - q."""
+        announce()
+        return kept_count(settings, tokens_per_frame, num_frames, 1.0 - float(q))
+
+    compute_retained_tokens_count.tango_prune = True  # type: ignore[attr-defined]
+    return compute_retained_tokens_count
+
+
+def _patch_counts(settings: Settings) -> None:
+    import importlib
+
+    fn = _retained_count(settings)
+    for module_name, names in COUNT_HOOKS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            if not callable(getattr(module, name, None)):
+                raise RuntimeError(f"tango-prune: {module_name}.{name} is missing in this vLLM; the plugin cannot "
+                                   f"size video placeholders (supported: vLLM 0.32.x)")
+            setattr(module, name, fn)
+            if getattr(module, name) is not fn:  # a read-only or proxied namespace would defeat the count
+                raise RuntimeError(f"tango-prune: could not replace {module_name}.{name}")
+
+
+def _patch_cpu_runner() -> None:
+    """On CPU, swap the worker's runner class for one that enables pruning for our models (the GPU runner does
+    this in its load_model; the CPU runner overrides load_model and never does)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    import vllm.v1.worker.cpu_worker as cpu_worker
+
+    base = cpu_worker.CPUModelRunner
+    if getattr(base, "tango_prune", False):
+        return
+
+    class TangoCPUModelRunner(base):  # type: ignore[misc,valid-type]
+        tango_prune = True
+
+        def load_model(self, *args, **kwargs):
+            super().load_model(*args, **kwargs)
+            mm = self.model_config.multimodal_config
+            if getattr(self.get_model(), "tango_prune_settings", None) is not None and mm is not None:
+                self.is_multimodal_pruning_enabled = mm.is_multimodal_pruning_enabled()
+
+    TangoCPUModelRunner.__qualname__ = TangoCPUModelRunner.__name__
+    cpu_worker.CPUModelRunner = TangoCPUModelRunner
+    if cpu_worker.CPUModelRunner is not TangoCPUModelRunner:
+        raise RuntimeError("tango-prune: could not replace vllm.v1.worker.cpu_worker.CPUModelRunner")
+
+
+def register() -> None:
+    """vLLM's general-plugin entry point. Idempotent; raises (stopping vLLM's start-up) with one line on an
+    unsupported vLLM, an unknown method or bad options."""
+    global _registered
+    if _registered:
+        return
+    settings = read_settings()
+    if settings is None:
+        _registered = True
+        return
+    version = _check_version()
+    from vllm import ModelRegistry
+
+    _patch_counts(settings)
+    from . import qwen
+
+    for arch, cls_name in MODELS.items():
+        ModelRegistry.register_model(arch, getattr(qwen, cls_name))
+    _patch_cpu_runner()
+    models = list(MODELS)
+    try:
+        from . import llava_ov
+    except ImportError as e:
+        if getattr(e, "name", None) != f"{__name__}.llava_ov":
+            raise
+        llava_ov = None
+    if llava_ov is not None and hasattr(llava_ov, "register_llava_onevision"):
+        llava_ov.register_llava_onevision()
+        models.append("LlavaOnevisionForConditionalGeneration")
+    _registered = True
+    activate(settings, f"tango-prune {__import__('tango_prune').__version__} active (vLLM {version}): "
+                       f"{settings.describe()}; models: {', '.join(models)}; kept share = 1 - --video-pruning-rate")
+
+
+__all__ = ["MODELS", "active_settings", "register"]

@@ -1,0 +1,181 @@
+"""LLaVA-OneVision served pruned through vLLM (tango_prune.integrations.vllm.llava_ov).
+
+The checks run in .venv-vllm (vLLM's CPU build) as subprocesses of tests/vllm/check_llava.py on a tiny random
+checkpoint, offline: one engine as shipped ("stock"), one with our class registered but no method ("unset"), one
+pruning with Tango at --video-pruning-rate 0.9 ("tango", which also runs our HF adapter on the same weights), and
+that one again as a server runs it ("served": the plugin's entry point, engine and worker processes). They
+are skipped when .venv-vllm is absent (scripts/setup_vllm.sh builds it), and fail instead with TANGO_REQUIRE_VLLM=1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_PY = Path(os.environ.get("TANGO_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))  # as tests/test_vllm.py
+SCRIPT = ROOT / "tests" / "vllm" / "check_llava.py"
+MODES = ("stock", "unset", "tango", "served")
+TIMEOUT_S = 300
+FRAMES, PER_FRAME, TEXT_TOKENS, VIDEO_ID = 8, 16, 8, 398  # tests/vllm/tiny_llava.py's video and prompt
+KEPT = round(0.1 * FRAMES * PER_FRAME)  # retention 1 - 0.9, exact budget
+
+
+def _need_vllm() -> None:
+    if VLLM_PY.exists():
+        return
+    msg = f"{VLLM_PY} is absent; build it with scripts/setup_vllm.sh"
+    if os.environ.get("TANGO_REQUIRE_VLLM") == "1":
+        pytest.fail(msg + " (TANGO_REQUIRE_VLLM=1)")
+    pytest.skip(msg)
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TANGO_PRUNE_", "VLLM_"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT / "src"), **extra)
+    return env
+
+
+def _tail(text: str, n: int = 3000) -> str:
+    return text[-n:] if text else ""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """The three engines' results (run concurrently: each is mostly start-up), keyed by mode."""
+    _need_vllm()
+    tmp = tmp_path_factory.mktemp("vllm_llava")
+    ckpt = tmp / "ckpt"
+    build = subprocess.run([str(VLLM_PY), str(SCRIPT), "build", str(ckpt)], env=_env(), cwd=tmp,
+                           capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert build.returncode == 0, f"building the tiny checkpoint failed:\n{_tail(build.stderr)}"
+    procs, t0 = {}, time.perf_counter()
+    for mode in MODES:
+        extra = {"TANGO_PRUNE_DEBUG_DIR": str(tmp / f"dump-{mode}")} if mode in ("tango", "served") else {}
+        procs[mode] = subprocess.Popen([str(VLLM_PY), str(SCRIPT), "run", str(ckpt), mode, str(tmp / f"{mode}.json")],
+                                       env=_env(**extra), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+    out = {}
+    for mode, p in procs.items():
+        try:
+            log, _ = p.communicate(timeout=max(1.0, TIMEOUT_S - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            for q in procs.values():
+                q.kill()
+            pytest.fail(f"vLLM run {mode!r} took over {TIMEOUT_S} s")
+        assert p.returncode == 0, f"vLLM run {mode!r} failed (exit {p.returncode}):\n{_tail(log)}"
+        out[mode] = json.loads((tmp / f"{mode}.json").read_text())
+    out["dumps"] = {m: sorted((tmp / f"dump-{m}").glob("*.pt")) for m in ("tango", "served")}
+    return out
+
+
+def _split(ids: list[int]) -> tuple[int, list[int]]:
+    return sum(i == VIDEO_ID for i in ids), [i for i in ids if i != VIDEO_ID]
+
+
+def test_registration_resolves_to_our_class(runs):
+    assert runs["stock"]["model_class"] == "LlavaOnevisionForConditionalGeneration"
+    assert runs["unset"]["model_class"] == runs["tango"]["model_class"] == "TangoLlavaOnevision"
+    # only a pruning instance asks vLLM's (GPU) runner for one video per encoder call, as EVS models do
+    assert (runs["stock"]["says_prunes"], runs["unset"]["says_prunes"], runs["tango"]["says_prunes"]) == (False, False, True)
+
+
+def test_prompt_reserves_kept_plus_newline(runs):
+    """(1) The video's placeholder run is K kept + 1 newline; the text around it is untouched."""
+    t = runs["tango"]
+    assert t["kept_counts"][0] == KEPT
+    n_video, text = _split(t["prompt_ids"])
+    assert n_video == KEPT + 1
+    assert len(t["prompt_ids"]) == TEXT_TOKENS + KEPT + 1
+    assert text == _split(runs["stock"]["prompt_ids"])[1]
+    assert _split(runs["stock"]["prompt_ids"])[0] == FRAMES * PER_FRAME + 1 == t["hf_video_tokens"]
+
+
+def _two_runs(ids: list[int], k1: int, k2: int) -> bool:
+    first = ids.index(VIDEO_ID)
+    second = ids.index(VIDEO_ID, first + k1 + 1)
+    return ids[first : first + k1 + 1] == [VIDEO_ID] * (k1 + 1) and ids[first + k1 + 1] != VIDEO_ID \
+        and ids[second : second + k2 + 1] == [VIDEO_ID] * (k2 + 1) and _split(ids)[0] == k1 + k2 + 2
+
+
+def test_two_videos_in_one_prompt(runs):
+    """Two new videos in one prompt, of one length and of two lengths (8 and 4 frames): each reserves its own K + 1
+    and each is pruned as our pruner prunes it. vLLM's CPU runner batches them (its GPU runner would encode one
+    video per call for a model that says it prunes): one (2, T, ...) tensor, then a list, so both branches run."""
+    t, stock = runs["tango"], runs["stock"]
+    k8, k4 = t["kept_counts"]
+    assert (k8, k4) == (KEPT, round(0.1 * (FRAMES // 2) * PER_FRAME))
+    assert _two_runs(t["same_prompt_ids"], k8, k8) and _two_runs(t["two_prompt_ids"], k8, k4)
+    assert _split(t["same_prompt_ids"])[1] == _split(stock["same_prompt_ids"])[1]
+    assert t["same_kept"] == [k8, k8] and all(t["same_agree"])
+    assert t["two_kept"] == [k8, k4] and all(t["two_agree"])
+    assert t["tower_call_frames"] == [FRAMES, 2 * FRAMES, FRAMES + FRAMES // 2]
+
+
+def test_switches(runs):
+    """Pruning is on only with a method and a rate > 0 (rate 0 or unset, or no method: stock)."""
+    assert runs["tango"]["switches"] == {"rate0": True, "rate_none": True, "unset": True, "on": True}
+
+
+def test_kept_indices_match_our_pruner(runs):
+    """(2) vLLM kept what our pruner keeps on the pooled embeddings and saliency the model computed, and those equal
+    our HF adapter's (same tower, same pooling, same saliency source)."""
+    t = runs["tango"]
+    assert len(t["vllm_index"]) == KEPT
+    assert t["vllm_index"] == t["pruner_on_vllm_inputs_index"]
+    assert t["features_maxdiff"] < 1e-5 and t["saliency_maxdiff"] < 1e-6
+    assert t["saliency_source"] == "attention-received"  # SigLIP has no CLS and LLaVA ships no MAP head
+    assert t["vllm_index"] == t["hf_index"]
+    assert t["grid"] == [FRAMES, 4, 4]
+
+
+def test_debug_dump(runs):
+    """TANGO_PRUNE_DEBUG_DIR (the Qwen classes' dump) records every video the engine pruned, in their format."""
+    import torch
+
+    records = [torch.load(p, weights_only=False) for p in runs["dumps"]["tango"]]
+    assert len(records) == 5  # one video, two of one length, two of two lengths
+    assert records[0]["index"].tolist() == runs["tango"]["vllm_index"]
+    assert records[0]["saliency_source"] == "attention-received" and records[0]["retention"] == pytest.approx(0.1)
+
+
+def test_served_through_the_plugin(runs):
+    """As a server runs it (the entry-point plugin in every process, engine and worker in their own processes):
+    the same prompts and the same first-token log-probs as the in-process engine, the same kept tokens."""
+    import torch
+
+    s, t = runs["served"], runs["tango"]
+    for key in ("prompt_ids", "same_prompt_ids", "two_prompt_ids"):
+        assert s[key] == t[key], key
+    assert [i for i, _ in s["top5"]] == [i for i, _ in t["top5"]]
+    assert [v for _, v in s["top5"]] == pytest.approx([v for _, v in t["top5"]], abs=1e-5)
+    records = [torch.load(p, weights_only=False) for p in runs["dumps"]["served"]]
+    assert len(records) == 5 and records[0]["index"].tolist() == t["vllm_index"]
+
+
+def test_map_head_saliency_matches_hf(runs):
+    """saliency="map-head" with siglip_head=DIR (the release's source for LLaVA-OV): the model's pooled saliency
+    equals the HF adapter's (the hook catches the feature layer's output, as HF's hidden_states[idx])."""
+    m = runs["tango"]["map_head"]
+    assert m["source"] == "siglip-map-head"
+    assert m["features_maxdiff"] < 1e-5 and m["saliency_maxdiff"] < 1e-3 * m["saliency_spread"]
+
+
+def test_first_token_logprobs_match_hf(runs):
+    """(3) The first generated token's top-5 log-probs equal the HF adapter's on the same weights (fp32)."""
+    t = runs["tango"]
+    assert [i for i, _ in t["top5"]] == [i for i, _ in t["hf_top5"]]
+    for (_, a), (_, b) in zip(t["top5"], t["hf_top5"]):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_unset_method_is_stock(runs):
+    """(4) Registered but with TANGO_PRUNE_METHOD unset, the engine is stock vLLM (the rate is ignored, as stock
+    LLaVA-OV ignores it)."""
+    s, u = runs["stock"], runs["unset"]
+    assert u["prompt_ids"] == s["prompt_ids"] and u["same_prompt_ids"] == s["same_prompt_ids"]
+    assert u["top5"] == s["top5"]

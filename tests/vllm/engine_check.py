@@ -1,0 +1,93 @@
+"""One vLLM engine run on a tiny checkpoint, for tests/test_vllm.py (run with the vLLM venv's python).
+
+    python tests/vllm/engine_check.py --family qwen2_5_vl --model DIR --out OUT.json [--rate 0.9] [--hf]
+
+The caller sets the environment (TANGO_PRUNE_METHOD, TANGO_PRUNE_DEBUG_DIR, VLLM_PLUGINS, ...). One fp32 engine,
+in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), one greedy request with a 16-frame random video; writes the prompt
+token ids, the generated ids and the first token's top-5 log-probs. ``--hf``: the same prompt and frames through
+transformers + ``tango_prune.apply(model, method, retention=1 - rate, budget="exact")`` in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny import FRAME_PX, IDS  # noqa: E402
+
+PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Describe.<|im_end|>\n<|im_start|>assistant\n"
+FRAMES, FPS = 16, 2.0
+
+
+def video(family: str):
+    px = FRAME_PX[family]
+    frames = np.random.default_rng(0).integers(0, 255, (FRAMES, px, px, 3), dtype=np.uint8)
+    meta = {"fps": FPS, "duration": FRAMES / FPS, "total_num_frames": FRAMES, "frames_indices": list(range(FRAMES)),
+            "video_backend": "opencv", "do_sample_frames": False}
+    return frames, meta
+
+
+def run_vllm(args) -> dict:
+    from vllm import LLM, SamplingParams
+
+    extra = {} if args.rate is None else {"video_pruning_rate": args.rate}
+    llm = LLM(model=args.model, enforce_eager=True, max_model_len=1024, dtype="float32", seed=0, max_num_seqs=1,
+              limit_mm_per_prompt={"video": 1, "image": 0}, **extra)
+    frames, meta = video(args.family)
+    out = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": (frames, meta)}},
+                       SamplingParams(max_tokens=4, temperature=0.0, logprobs=5))[0]
+    first = out.outputs[0].logprobs[0]
+    top = sorted(((lp.logprob, tok) for tok, lp in first.items()), reverse=True)[:5]
+    ids = list(out.prompt_token_ids)
+    return {"prompt_token_ids": ids, "video_tokens": ids.count(IDS["<|video_pad|>"]),
+            "generated": list(out.outputs[0].token_ids), "top5": [[t, lp] for lp, t in top]}
+
+
+def run_hf(args) -> dict:
+    import torch
+    import transformers as tf
+
+    import tango_prune
+
+    model = tf.AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32).eval()
+    proc = tf.AutoProcessor.from_pretrained(args.model)
+    frames, meta = video(args.family)
+    inputs = proc(text=[PROMPT], videos=[frames], return_tensors="pt",
+                  video_metadata=[{k: meta[k] for k in ("fps", "total_num_frames", "frames_indices")}])
+    method = os.environ.get("TANGO_PRUNE_METHOD") or "none"
+    opts = {"budget": "exact"} if method == "tango" else {}
+    if args.family == "qwen3_vl":  # the times vLLM hands the pruner: each temporal patch's mean frame time
+        t = torch.arange(FRAMES, dtype=torch.float32) / FPS
+        inputs["video_timestamps"] = [t.reshape(-1, 2).mean(1)]
+    with tango_prune.apply(model, method, retention=1.0 - (args.rate or 0.0), **opts) as handle:
+        with torch.no_grad():
+            logits = model(**inputs).logits[0, -1].float()
+            stats = handle.last_stats
+            kept = handle.pruner(handle.encode_videos(**inputs)[0])
+    lp, tok = torch.log_softmax(logits, -1).topk(5)
+    return {"top5": [[int(t), float(v)] for t, v in zip(tok, lp)],
+            "stats": [{k: v for k, v in s.items() if isinstance(v, (int, float, str))} for s in stats],
+            "index": kept.index.tolist()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--family", required=True, choices=sorted(FRAME_PX))
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rate", type=float, default=None)
+    ap.add_argument("--hf", action="store_true")
+    args = ap.parse_args()
+    result = {"vllm": run_vllm(args)}
+    if args.hf:
+        result["hf"] = run_hf(args)
+    Path(args.out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

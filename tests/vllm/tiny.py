@@ -1,0 +1,112 @@
+"""Tiny random Qwen2.5-VL / Qwen3-VL checkpoints for the vLLM tests, built offline with transformers.
+
+Run with the vLLM venv's python:  python tests/vllm/tiny.py OUT_DIR {qwen2_5_vl,qwen3_vl}
+Text: 2 layers, hidden 128 (head_dim 32: the smallest vLLM's CPU attention takes), byte-level tokenizer (256 bytes +
+7 special tokens, no merges) with a chat template. Vision: 2-3 blocks of width 32. Frames of 224 px (Qwen2.5: 14 px
+patches, 2 x 2 merged-token windows) / 256 px (Qwen3: 16 px patches) give 8 x 8 merged tokens per temporal patch.
+Qwen2.5: tokens_per_second 1, so at 2 fps a temporal patch advances M-RoPE time by 1 and 8 temporal patches span
+positions 0..7 like the 8 x 8 grid: transformers 5.19 then continues the text after a video where vLLM does (it
+uses start + max(h, w) / merge, vLLM the largest position + 1; they differ for longer videos).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+            "<|video_pad|>"]
+IDS = {t: 256 + i for i, t in enumerate(SPECIALS)}
+VOCAB = 272  # 263 tokens, padded
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'video' or c['type'] == 'video_url' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'image' or c['type'] == 'image_url' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+FRAME_PX = {"qwen2_5_vl": 224, "qwen3_vl": 256}
+
+
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)  # ids 256.. in this order
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIALS[1:])
+    assert [fast.convert_tokens_to_ids(t) for t in SPECIALS] == list(IDS.values())
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def text_config(**extra):
+    return dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=32, vocab_size=VOCAB, max_position_embeddings=4096,
+                bos_token_id=IDS["<|endoftext|>"], eos_token_id=IDS["<|im_end|>"], pad_token_id=IDS["<|endoftext|>"],
+                tie_word_embeddings=False, **extra)
+
+
+def build(out: str | Path, family: str, seed: int = 0) -> Path:
+    import transformers as tf
+
+    out = Path(out)
+    torch.manual_seed(seed)
+    ids = dict(image_token_id=IDS["<|image_pad|>"], video_token_id=IDS["<|video_pad|>"],
+               vision_start_token_id=IDS["<|vision_start|>"], vision_end_token_id=IDS["<|vision_end|>"])
+    px = FRAME_PX[family]
+    tok = tokenizer()
+    if family == "qwen2_5_vl":
+        cfg = tf.Qwen2_5_VLConfig(
+            text_config=text_config(rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 1e4}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
+                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                               fullatt_block_indexes=[1], in_channels=3, tokens_per_second=1),
+            tie_word_embeddings=False, **ids)
+        model = tf.Qwen2_5_VLForConditionalGeneration(cfg)
+        pixels = dict(min_pixels=px * px, max_pixels=px * px)
+        proc = tf.Qwen2_5_VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(**pixels, size={"shortest_edge": px * px, "longest_edge": px * px}),
+            video_processor=tf.Qwen2VLVideoProcessor(size={"shortest_edge": px * px, "longest_edge": px * px},
+                                                     do_sample_frames=False),
+            tokenizer=tok, chat_template=CHAT_TEMPLATE)
+    elif family == "qwen3_vl":
+        cfg = tf.Qwen3VLConfig(
+            text_config=text_config(rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6],
+                                                     "mrope_interleaved": True, "rope_theta": 1e4}),
+            vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
+                               patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                               num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
+            tie_word_embeddings=False, **ids)
+        model = tf.Qwen3VLForConditionalGeneration(cfg)
+        # Qwen3's video budget counts all frames' pixels: 16 frames of px x px fit exactly
+        proc = tf.Qwen3VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(size={"shortest_edge": px * px, "longest_edge": px * px},
+                                                     patch_size=16),
+            video_processor=tf.Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 16 * px * px},
+                                                     patch_size=16, do_sample_frames=False),
+            tokenizer=tok, chat_template=CHAT_TEMPLATE)
+    else:
+        raise ValueError(f"family must be qwen2_5_vl or qwen3_vl, got {family!r}")
+    # random init gives a near-uniform attention map; sharpen the last block's queries and keys so that the
+    # global-query saliency separates tokens clearly (the selection then does not hinge on rounding noise)
+    attn = model.model.visual.blocks[-1].attn
+    dim = attn.qkv.weight.shape[1]
+    with torch.no_grad():
+        attn.qkv.weight[: 2 * dim] *= 8.0
+    model.generation_config.eos_token_id = IDS["<|im_end|>"]
+    model.eval().save_pretrained(out)
+    proc.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+if __name__ == "__main__":
+    print(build(sys.argv[1], sys.argv[2]))

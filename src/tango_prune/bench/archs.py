@@ -33,10 +33,15 @@ QWEN3_VIT = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=1
 QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=151936)
 
+# Qwen2.5-VL-3B-Instruct's public config.json: a 36-layer 2048-wide LLM (tied embeddings) under the same ViT.
+QWEN25_3B = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+
 ARCHS = {
     "llava-ov-0.5b": ("llava", SIGLIP, QWEN2_05B),
     "llava-ov-7b": ("llava", SIGLIP, QWEN2_7B),
     "llava-video-7b": ("llava", SIGLIP, QWEN2_7B),
+    "qwen2.5-vl-3b": ("qwen", dict(QWEN25_VIT, out_hidden_size=2048), QWEN25_3B),
     "qwen2.5-vl-7b": ("qwen", QWEN25_VIT, QWEN2_7B),
     "qwen3-vl-8b": ("qwen3", QWEN3_VIT, QWEN3_8B),
 }

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..config import TangoConfig
+from ..methods import get_method
 from ..pruner import prune_video_tokens
 from .synthetic import synthetic_video
 
@@ -59,8 +60,10 @@ def run_bench(
     frames: list[int], tokens: int = 196, dim: int = 3584, dtype: str = "bf16", retention: float = 0.1,
     similarities: tuple[str, ...] = ("exact", "fast"), repeats: int = 3, release: str | None = None,
     release_max_frames: int = 256, device: str = "cpu", progress: bool = True,
-    scene_frames: tuple[int, int] = (4, 24), max_segment_frames: int = 1024,
+    scene_frames: tuple[int, int] = (4, 24), max_segment_frames: int = 1024, methods: tuple[str, ...] = (),
 ) -> list[dict]:
+    """Tango (``prune_video_tokens``) per similarity mode, the release when given, and any other registry
+    ``methods`` at their defaults, each on the same synthetic video per frame count."""
     side = math.isqrt(tokens)
     if side * side != tokens:
         raise ValueError(f"--tokens must be a square grid size (e.g. 196 = 14x14, 169 = 13x13), got {tokens}")
@@ -92,6 +95,14 @@ def run_bench(
                 seconds=sec, peak_rss_gb=peak, peak_rise_gb=rise, input_gb=input_gb, kept=out.num_kept,
                 segments=len(out.segments), longest_segment=max(out.segments),
                 jaccard_vs_exact=None if ref is None else jaccard(out.index, ref.index),
+            ))
+        for name in methods:
+            pruner = get_method(name)(retention=retention)
+            sec, out, peak, rise = time_call(lambda vt=vt, p=pruner: p(vt), repeats)
+            rows.append(dict(
+                impl=name, similarity="-", frames=T, tokens=tokens, dim=dim, dtype=dtype, seconds=sec,
+                peak_rss_gb=peak, peak_rise_gb=rise, input_gb=input_gb, kept=out.num_kept, segments=len(out.segments),
+                longest_segment=max(out.segments), jaccard_vs_exact=None if ref is None else jaccard(out.index, ref.index),
             ))
         if run_release is not None and T <= release_max_frames:
             sec, kept, peak, rise = time_call(lambda vt=vt, cfg=base_cfg: run_release(vt, cfg), repeats)

@@ -23,15 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from .archs import QWEN2_7B, QWEN25_VIT
+from .archs import ARCHS as HF_ARCHS
 
-# Qwen2.5-VL-3B-Instruct's public config.json: a 36-layer 2048-wide LLM under the same ViT as the 7B.
-QWEN25_3B_TEXT = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
-ARCHS = {
-    "qwen2.5-vl-3b": (QWEN25_3B_TEXT, dict(QWEN25_VIT, out_hidden_size=2048)),
-    "qwen2.5-vl-7b": (QWEN2_7B, QWEN25_VIT),
-}
+# the shapes both engines can time (bench/archs.py holds the public configs)
+ARCHS = {name: (HF_ARCHS[name][2], HF_ARCHS[name][1]) for name in ("qwen2.5-vl-3b", "qwen2.5-vl-7b")}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>"]
 PROMPT = ("<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens in this video?<|im_end|>\n"

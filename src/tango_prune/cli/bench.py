@@ -21,12 +21,23 @@ def cmd_bench_pruner(args) -> int:
         args.frames, args.tokens, args.dim, dtype, args.retention, sims, args.repeats,
         args.release, args.release_max_frames, args.device, progress=not args.quiet,
         scene_frames=tuple(args.scene_frames), max_segment_frames=args.max_segment_frames,
+        methods=_other_methods(args.methods),
     )
     print(format_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"results": rows}, indent=1))
         print(f"wrote {args.json}")
     return 0
+
+
+def _other_methods(text: str) -> tuple[str, ...]:
+    """--methods of bench-pruner: registry names besides tango (timed per similarity mode anyway); 'all'."""
+    from ..methods import get_method, list_methods
+
+    names = list_methods() if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    for name in names:
+        get_method(name)  # an unknown name: one line naming the choices
+    return tuple(n for n in names if n not in ("tango", "none"))
 
 
 def cmd_bench(args) -> int:
@@ -75,6 +86,7 @@ def register(sub) -> None:
     b.add_argument("--device", default="cpu")
     b.add_argument("--scene-frames", type=ints_arg, default=[4, 24], help="MIN,MAX frames per synthetic scene")
     b.add_argument("--max-segment-frames", type=int, default=1024, help="TangoConfig.max_segment_frames")
+    b.add_argument("--methods", default="", help="other registry methods to time on the same videos (e.g. flashvid,evs, or all)")
     b.add_argument("--release", help="path to a checkout of the authors' release (xjtupanda/Tango) to time side by side")
     b.add_argument("--release-max-frames", type=int, default=256)
     b.add_argument("--json", help="write results to this JSON file")
@@ -82,7 +94,7 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_bench_pruner)
 
     e = sub.add_parser("bench", help="TTFT breakdown of a Video LLM at real shapes (random weights), per method")
-    e.add_argument("--arch", required=True, help="llava-ov-0.5b, llava-ov-7b, llava-video-7b, qwen2.5-vl-7b or qwen3-vl-8b")
+    e.add_argument("--arch", required=True, help="llava-ov-0.5b, llava-ov-7b, llava-video-7b, qwen2.5-vl-3b, qwen2.5-vl-7b or qwen3-vl-8b")
     e.add_argument("--frames", type=ints_arg, default=[8])
     e.add_argument("--methods", default="none,tango", help="registry names, or all")
     e.add_argument("--retention", type=retentions_arg, default=[0.1])

@@ -85,9 +85,12 @@ def time_engine(ckpt: str, method: str | None, rate: float, frames: int, px: int
         os.environ["TANGO_PRUNE_METHOD"] = method
     else:
         os.environ.pop("TANGO_PRUNE_METHOD", None)
+    # on CPU vLLM refuses to start unless this share of the machine's memory is free (the previous run's engine
+    # may still be letting go of its own); the KV cache is sized by VLLM_CPU_KVCACHE_SPACE instead
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     llm = LLM(model=ckpt, load_format="dummy", dtype="bfloat16" if _native_bf16() else "float32",
               enforce_eager=True, max_model_len=32768, limit_mm_per_prompt={"video": 1, "image": 0},
-              video_pruning_rate=rate if method else None, seed=0)
+              video_pruning_rate=rate if method else None, seed=0, gpu_memory_utilization=0.5)
     params = SamplingParams(max_tokens=1, temperature=0.0)
     rng = np.random.default_rng(0)
     times, prompt_tokens = [], []

@@ -20,6 +20,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..core.carry import carry
+from ..core.saliency import global_query
 from ..types import Pruned, VideoTokens
 from .handle import PruneHandle
 from .sequence import Compacted, kept_sources
@@ -75,8 +76,7 @@ class QwenVLHandle(PruneHandle):
             if times is not None:
                 ts = torch.as_tensor(times[v], dtype=torch.float32)
             elif spt is not None:  # a temporal patch spans its frames: their mean time
-                step = float(spt[v])
-                ts = torch.arange(t, dtype=torch.float32) * step + step / 4
+                ts = patch_times(t, float(spt[v]))
             else:
                 ts = None
             videos.append(VideoTokens(f, s, (t, hh, ww), ts))
@@ -122,11 +122,16 @@ class QwenVLHandle(PruneHandle):
         return {"position_ids": torch.cat([text[None], kept_rope], dim=0)}
 
 
+def patch_times(t: int, step: float) -> Tensor:
+    """(t,) seconds of Qwen's temporal patches, ``step`` seconds each: a patch spans its frames, so it sits at
+    their mean time (two frames: a quarter step in)."""
+    return torch.arange(t, dtype=torch.float32) * step + step / 4
+
+
 @torch.no_grad()
 def global_query_saliency(visual, captured: dict, thw: Tensor) -> Tensor:
-    """SPEC step 0 for Qwen2.5-VL: in the last ViT block, one query per temporal patch (the mean of its queries),
-    keys averaged over each merge group, softmax over that patch's merged tokens, mean over heads.
-    Returns (N_merged,) in the merged tokens' raster order."""
+    """SPEC step 0 for Qwen's towers from transformers' modules: the last block's rotated queries and keys, then
+    ``core.saliency.global_query``. Returns (N_merged,) in the merged tokens' raster order."""
     import sys
 
     # the tower's own rotary helper (Qwen2-VL, Qwen2.5-VL and Qwen3-VL each define one in their modeling file)
@@ -134,30 +139,16 @@ def global_query_saliency(visual, captured: dict, thw: Tensor) -> Tensor:
     blk = visual.blocks[-1]
     h = captured["h"]
     N = h.shape[0]
-    heads = blk.attn.num_heads
-    q, k, _ = blk.attn.qkv(blk.norm1(h)).reshape(N, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k, _ = blk.attn.qkv(blk.norm1(h)).reshape(N, 3, blk.attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = captured["pe"]
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-    unit = visual.spatial_merge_size**2
-    q = q.float().view(N // unit, unit, heads, -1).mean(dim=1)  # queries: group mean (the frame mean below)
-    k = k.float().view(N // unit, unit, heads, -1).mean(dim=1)
+    order = None
     if getattr(visual, "window_size", None):  # Qwen2.5-VL runs in window order; back to raster order
         from transformers.vision_utils import get_vision_window_index
 
         window_index, _ = get_vision_window_index(thw, visual.spatial_merge_size, visual.window_size, visual.patch_size)
-        back = torch.argsort(window_index.to(q.device))
-        q, k = q[back], k[back]
-    out, a = [], 0
-    scale = k.shape[-1] ** -0.5
-    for t, hh, ww in thw.tolist():
-        n = hh * ww // unit
-        qf = q[a : a + t * n].view(t, n, heads, -1).mean(dim=1)  # (t, heads, d)
-        kf = k[a : a + t * n].view(t, n, heads, -1)  # (t, n, heads, d)
-        att = torch.softmax(torch.einsum("thd,tnhd->thn", qf, kf) * scale, dim=-1)
-        out.append(att.mean(dim=1).flatten())
-        a += t * n
-    return torch.cat(out)
-
+        order = torch.argsort(window_index)
+    return torch.cat([s.flatten() for s in global_query(q, k, thw.tolist(), visual.spatial_merge_size, order)])
 
 class Qwen3VLHandle(QwenVLHandle):
     family = "qwen3-vl"

@@ -9,7 +9,7 @@ subclasses override that step (and ``_process_video_input``, to capture the sali
     position, carrying the method's (possibly merged) features;
   * every kept token keeps the (t, h, w) position the unpruned video would have given it, so text after the
     video continues where the stock model would continue;
-  * saliency is the per-frame global query of the last ViT block (``saliency.global_query``), the source the
+  * saliency is the per-frame global query of the last ViT block (``core.saliency.global_query``), the source the
     Hugging Face adapter uses; with ``saliency: features`` in the options, precomputed ``video_embeds`` inputs or
     a data-parallel tower it is None and the method falls back to its feature-only score (logged once);
   * Qwen3-VL's deepstack features travel in the same rows as the main features (the tower concatenates them on
@@ -33,7 +33,9 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
 from ...core.carry import carry
 from ...types import Pruned, VideoTokens
-from .saliency import capture_qk, global_query
+from ...core.saliency import global_query
+from ...models.qwen_vl import patch_times
+from .saliency import capture_qk
 from .runtime import active_settings, announce, dump, log_once
 from .settings import make_pruner, read_settings
 
@@ -147,7 +149,7 @@ class TangoQwen2_5_VL(_TangoVideoPruning, Qwen2_5_VLForConditionalGeneration):
         for emb, size, sal, step in zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)),
                                         spt.tolist()):
             # as models.qwen_vl: a temporal patch sits at the mean time of its frames (for ST-RoPE)
-            times = torch.arange(size[0], dtype=torch.float32) * step + step / 4
+            times = patch_times(size[0], step)
             kept = self._tango_prune(emb, size, sal, times)
             # the positions the unpruned video gives (vLLM's own get_mrope_input_positions uses the float step
             # too), plus the grid-width channel recompute_mrope_positions reads

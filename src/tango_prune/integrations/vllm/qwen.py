@@ -39,13 +39,13 @@ from .saliency import capture_qk
 from .runtime import active_settings, announce, dump, log_once
 from .settings import make_pruner, read_settings
 
+
 class _TangoVideoPruning:
     """What the Qwen subclasses share: settings, pruner, saliency capture, one video's pruning."""
 
     tango_prune_settings = None
 
     def _tango_setup(self) -> None:
-
         announce()
         settings = active_settings() or read_settings()
         if settings is None:
@@ -57,7 +57,7 @@ class _TangoVideoPruning:
         rate = self.video_pruning_rate
         if not self.is_multimodal_pruning_enabled:
             log_once("off", "tango-prune: %s loaded, but --video-pruning-rate is %s: videos are not pruned",
-                  type(self).__name__, rate)
+                     type(self).__name__, rate)
             self._tango_pruner = None
             return
         self._tango_retention = 1.0 - float(rate)
@@ -68,7 +68,7 @@ class _TangoVideoPruning:
                              f"use auto, global-query or features")
         self._tango_global_query = want != "features"
         log_once("on", "tango-prune: %s prunes videos with %s, keeping %.4g of each video's tokens",
-              type(self).__name__, settings.describe(), self._tango_retention)
+                 type(self).__name__, settings.describe(), self._tango_retention)
 
     # -- saliency --------------------------------------------------------------------------------------------
     def _tango_order(self, grid: list[list[int]]) -> Tensor | None:

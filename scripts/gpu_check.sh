@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU numbers, in one run on a CUDA machine that has nothing but a fresh clone (and a python3 with CUDA torch and
+# transformers, as the lent H200 machines have): no install, the package runs from src/.
+#
+#   scripts/gpu_check.sh [--out DIR] [--release PATH] [--dry-run]
+#
+#   --out DIR      where the JSON files and summary.md go (default: $OUT when set, else out/gpu_check)
+#   --release PATH a checkout of the authors' Tango release: bench-pruner times it side by side (up to 256 frames)
+#   --dry-run      the same steps on the CPU at tiny sizes: checks the script and its outputs, not the GPU
+#
+# Steps (about 6 minutes on an H200): the machine; TTFT at LLaVA-OV-7B and Qwen2.5-VL-7B shapes with 32 frames,
+# none vs tango at 10% (random weights, bf16); the pruner alone at 32/256/1024 frames on the GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-out/gpu_check}"
+release=""
+dry=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a directory" >&2; exit 2; }; out="$2"; shift 2 ;;
+    --release) [ $# -ge 2 ] || { echo "gpu_check.sh: --release needs a path" >&2; exit 2; }; release="$2"; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$release" ] && [ ! -d "$release" ]; then
+  echo "gpu_check.sh: --release $release is not a directory" >&2; exit 2
+fi
+py="${TANGO_PYTHON:-python3}"
+[ -x "$(command -v "$py")" ] || py=.venv/bin/python
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$out"
+cli=("$py" -m tango_prune.cli)
+rel=()
+[ -n "$release" ] && rel=(--release "$release")
+
+if [ "$dry" = 1 ]; then
+  device=cpu; dtype=fp32
+  frames=1; layers=(--layers 1); pruner_frames=4,8; pruner_shape=(--tokens 16 --dim 64)
+else
+  "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || { echo "gpu_check.sh: this python's torch sees no GPU (use --dry-run on a CPU)" >&2; exit 2; }
+  device=cuda; dtype=bf16
+  frames=32; layers=(); pruner_frames=32,256,1024; pruner_shape=(--tokens 196 --dim 3584)
+fi
+
+{
+  echo "# gpu_check $(date -u +%FT%TZ) $( [ "$dry" = 1 ] && echo '(dry run: CPU, tiny sizes)')"
+  echo '```'
+  "$py" - <<'EOF'
+import platform, torch, transformers
+print("python", platform.python_version(), "| torch", torch.__version__, "| transformers", transformers.__version__)
+print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+      "| avx512_bf16:", torch.cpu._is_avx512_bf16_supported())
+EOF
+  echo '```'
+} > "$out/summary.md"
+
+for arch in llava-ov-7b qwen2.5-vl-7b; do
+  "${cli[@]}" bench --arch "$arch" --frames "$frames" --methods none,tango --retention 0.1 --repeats 2 \
+    --decode-tokens 4 --device "$device" --dtype "$dtype" "${layers[@]}" --json "$out/bench_$arch.json" --quiet \
+    | tee -a "$out/bench.txt"
+done
+"${cli[@]}" bench-pruner --frames "$pruner_frames" "${pruner_shape[@]}" --device "$device" --dtype "$dtype" \
+  --repeats 3 "${rel[@]}" --json "$out/bench_pruner.json" --quiet | tee -a "$out/bench_pruner.txt"
+
+{
+  echo; echo "## bench (TTFT at real shapes, none vs tango 0.1)"; echo '```'; cat "$out/bench.txt"; echo '```'
+  echo; echo "## bench-pruner"; echo '```'; cat "$out/bench_pruner.txt"; echo '```'
+} >> "$out/summary.md"
+echo "wrote $out/summary.md"

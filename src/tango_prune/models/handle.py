@@ -21,6 +21,21 @@ from .sequence import Compacted, compact_video_runs, expand_to_original
 _ATTR = "_tango_prune_handle"
 
 
+def timed(ctx: dict, key: str, fn, *args):
+    """fn(*args), adding its wall time (the GPU's work included) to ctx[key]: the saliency map's own cost, which a
+    difference of two whole tower runs would bury in their noise."""
+    def sync():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    sync()
+    t = time.perf_counter()
+    out = fn(*args)
+    sync()
+    ctx[key] = ctx.get(key, 0.0) + time.perf_counter() - t
+    return out
+
+
 class PruneHandle:
     """Base of the per-family adapters. Subclasses implement ``encode`` and ``assemble``."""
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..types import Pruned, VideoTokens
-from .handle import PruneHandle
+from .handle import PruneHandle, timed
 from .sequence import Compacted, original_positions
 from .saliency import attention_received, cls_attention, load_siglip_head, map_head_attention
 
@@ -87,9 +87,9 @@ class LlavaOnevisionHandle(PruneHandle):
         if times is not None and len(times) != len(clips):
             raise ValueError(f"video_timestamps has {len(times)} entries for {len(clips)} videos; pass one (T,) per video")
         if isinstance(pv, (list, tuple)):
-            encoded = [self._encode_frames(c, layer, strategy) for c in clips]
+            encoded = [self._encode_frames(c, layer, strategy, ctx) for c in clips]
         else:  # one tower call for the whole batch
-            f, s, src = self._encode_frames(pv.flatten(0, 1), layer, strategy)
+            f, s, src = self._encode_frames(pv.flatten(0, 1), layer, strategy, ctx)
             T = pv.shape[1]
             encoded = [(f[b * T : (b + 1) * T], None if s is None else s[b * T : (b + 1) * T], src) for b in range(len(clips))]
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
@@ -101,7 +101,7 @@ class LlavaOnevisionHandle(PruneHandle):
             sources.append(src)
         return videos, sources
 
-    def _encode_frames(self, frames, layer, strategy):
+    def _encode_frames(self, frames, layer, strategy, ctx: dict):
         """(T, C, H, W) pixels -> pooled projected features (T, L, D), saliency (T, L) or None, its source."""
         inner = self.model.model
         out = inner.vision_tower(frames.to(next(self.tower.parameters()).dtype), output_hidden_states=True, return_dict=True)
@@ -111,7 +111,7 @@ class LlavaOnevisionHandle(PruneHandle):
         if strategy == "default":
             sel = sel[:, 1:]
         feats = inner.apply_pooling(inner.multi_modal_projector(sel))
-        sal, source = self._saliency(hs, layers[-1], strategy)
+        sal, source = timed(ctx, "saliency_s", self._saliency, hs, layers[-1], strategy)
         if sal is not None:
             sal = inner.apply_pooling(sal.unsqueeze(-1).to(feats.dtype)).squeeze(-1).float()
         return feats, sal, source

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..core.carry import carry
 from ..core.saliency import global_query
 from ..types import Pruned, VideoTokens
-from .handle import PruneHandle
+from .handle import PruneHandle, timed
 from .sequence import Compacted, kept_sources
 
 
@@ -65,7 +65,8 @@ class QwenVLHandle(PruneHandle):
         feats = out.pooler_output
         ctx["deepstack"] = getattr(out, "deepstack_features", None)  # Qwen3-VL: one (N, D) tensor per ViT level
         m = visual.spatial_merge_size
-        sal = global_query_saliency(visual, captured, thw) if mode == "global-query" and captured.get("pe") else None
+        sal = timed(ctx, "saliency_s", global_query_saliency, visual, captured, thw) \
+            if mode == "global-query" and captured.get("pe") else None
         source = "qwen-global-query" if sal is not None else "feature-distinctiveness"
         videos, a = [], 0
         for v, (t, h, w) in enumerate(thw.tolist()):

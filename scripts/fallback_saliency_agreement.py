@@ -8,7 +8,7 @@ dropped from the result. Prints, per clip and variant, the Jaccard overlap of Ta
 import torch
 from tango_prune import TangoConfig, VideoTokens, prune_video_tokens
 from tango_prune.encoders import vit_s
-from tango_prune.models.saliency import attention_received, _qk
+from tango_prune.models.saliency import _qk, attention_received
 from tango_prune.video import SAMPLE_CLIPS, read_frames, sample_clip
 
 @torch.no_grad()
@@ -38,8 +38,11 @@ for clip in SAMPLE_CLIPS:
     feats = tok["features"]
     grid = tuple(tok["grid"])
     res = {}
-    for name, kw in [("exact", {}), ("bf16", {"lowp": True}), ("stride2", {"stride": 2}), ("stride4", {"stride": 4}), ("bf16+stride2", {"lowp": True, "stride": 2})]:
-        sal = variant(layer, hidden, **kw)[:, 1:]  # drop CLS
+    variants = [("exact", None), ("bf16", {"lowp": True}), ("stride2", {"stride": 2}), ("stride4", {"stride": 4}),
+                ("bf16+stride2", {"lowp": True, "stride": 2})]
+    for name, kw in variants:
+        # the adapter's own function for the exact map; CLS dropped
+        sal = (attention_received(layer, hidden) if kw is None else variant(layer, hidden, **kw))[:, 1:]
         vt = VideoTokens(feats, sal.float(), grid, ts)
         idx = prune_video_tokens(vt, TangoConfig(retention=0.1, budget="exact")).index
         res[name] = (sal, idx)

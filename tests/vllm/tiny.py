@@ -31,17 +31,11 @@ FRAME_PX = {"qwen2_5_vl": 224, "qwen3_vl": 256}
 
 
 def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    """The benchmark's byte-level tokenizer (its special ids are IDS), with a chat template."""
+    from tango_prune.bench.vllm_engine import SPECIALS as BENCH_SPECIALS, byte_tokenizer
 
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)  # ids 256.. in this order
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIALS[1:])
+    assert BENCH_SPECIALS == SPECIALS
+    fast = byte_tokenizer()
     assert [fast.convert_tokens_to_ids(t) for t in SPECIALS] == list(IDS.values())
     fast.chat_template = CHAT_TEMPLATE
     return fast

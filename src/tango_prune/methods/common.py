@@ -10,7 +10,7 @@ from ..core.budget import exact_count
 from ..core.saliency import feature_saliency
 from ..types import Pruned, VideoTokens, positions_of
 
-__all__ = ["check_retention", "exact_count", "finish", "frame_budgets", "saliency_of", "no_options"]
+__all__ = ["check_floor", "check_retention", "exact_count", "finish", "frame_budgets", "saliency_of", "no_options"]
 
 
 def check_retention(retention: float) -> float:
@@ -89,3 +89,13 @@ def finish(
         assignment = torch.where(assignment >= 0, new_row[assignment.clamp(min=0)], assignment)
     return Pruned(index, features, positions_of(index, vt.grid), segments or [T], merged, assignment, vt.grid,
                   dict(info or {}))
+
+
+FLOORS = ("vllm", "exact")
+
+
+def check_floor(floor: str) -> str:
+    """The count option of the methods vLLM ships (evs, vidcom2): vLLM's own count, or exactly round(r T L)."""
+    if floor not in FLOORS:
+        raise ValueError(f"floor must be one of {FLOORS} (vLLM's count or exactly round(r T L)), got {floor!r}")
+    return floor

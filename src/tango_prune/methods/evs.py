@@ -6,9 +6,8 @@ import torch
 from ..core.segment import consecutive_similarity
 from ..types import Pruned, VideoTokens
 from .registry import register
-from .common import check_retention, exact_count, finish, no_options
+from .common import check_floor, check_retention, exact_count, finish, no_options
 
-FLOORS = ("vllm", "exact")
 
 
 def evs_count(retention: float, T: int, L: int, floor: str) -> int:
@@ -47,9 +46,7 @@ class EVS:
     def __init__(self, retention: float = 0.1, floor: str = "vllm", **opts) -> None:
         no_options("evs", opts)
         self.retention = check_retention(retention)
-        if floor not in FLOORS:
-            raise ValueError(f"floor must be one of {FLOORS} (vLLM's count or exactly round(r T L)), got {floor!r}")
-        self.floor = floor
+        self.floor = check_floor(floor)
 
     def __call__(self, vt: VideoTokens) -> Pruned:
         T, L, _ = vt.features.shape

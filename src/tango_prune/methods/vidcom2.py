@@ -7,12 +7,11 @@ from torch import Tensor
 
 from ..types import Pruned, VideoTokens
 from .registry import register
-from .common import check_retention, exact_count, finish, no_options
+from .common import check_floor, check_retention, exact_count, finish, no_options
 
 ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)  # Gaussian bandwidths 2^-3 .. 2^1 (release and vLLM)
 CHANNEL_SHARE = 0.5  # score in the lowest-variance half of the channels
 TEMPERATURE = 0.01  # softmax temperature of the frame-budget shares
-FLOORS = ("vllm", "exact")
 
 
 def vidcom2_count(retention: float, T: int, L: int, floor: str) -> int:
@@ -60,9 +59,7 @@ class VidCom2:
     def __init__(self, retention: float = 0.1, floor: str = "vllm", **opts) -> None:
         no_options("vidcom2", opts)
         self.retention = check_retention(retention)
-        if floor not in FLOORS:
-            raise ValueError(f"floor must be one of {FLOORS} (vLLM's count or exactly round(r T L)), got {floor!r}")
-        self.floor = floor
+        self.floor = check_floor(floor)
 
     def __call__(self, vt: VideoTokens) -> Pruned:
         T, L, D = vt.features.shape

@@ -204,29 +204,20 @@ def test_kept_tokens_are_our_pruners(runs, family):
         assert d["merged"].any()  # Tango's context tokens reached the LLM
 
 
-def test_qwen2_5_matches_hf_apply(runs):
-    """Check 3: the kept set equals the Hugging Face adapter's on the same weights and frames, and the first
-    generated token's top-5 log-probs agree, vLLM + plugin vs transformers + tango_prune.apply (fp32; measured max
-    difference ~1e-6, bound 1e-4)."""
-    res = tango(runs, "qwen2_5_vl")
+@pytest.mark.parametrize("family", list(GRID))
+def test_matches_hf_apply(runs, family):
+    """Check 3: with the plugin on (tango, rate 0.9) the kept set equals the Hugging Face adapter's on the same
+    weights and frames, and the first generated token's top-5 ids are equal and log-probs within 1e-4 of
+    transformers + tango_prune.apply (fp32; measured max difference ~5e-7 for both models). Qwen3-VL needs the
+    checkpoint's image and video processors to normalise alike (tests/vllm/tiny.py; why: docs/vllm.md)."""
+    res = tango(runs, family)
     v, h = res["vllm"]["top5"], res["hf"]["top5"]
-    assert res["hf"]["stats"][0]["tokens_kept"] == expected_k("qwen2_5_vl")
+    assert res["hf"]["stats"][0]["tokens_kept"] == expected_k(family)
     assert res["hf"]["stats"][0]["saliency"] == "qwen-global-query"
     dumps = [torch.load(f) for f in res["dumps"]]
-    assert any(d["index"].tolist() == res["hf"]["index"] for d in dumps if tuple(d["grid"]) == GRID["qwen2_5_vl"])
+    assert any(d["index"].tolist() == res["hf"]["index"] for d in dumps if tuple(d["grid"]) == GRID[family])
     assert [t for t, _ in v] == [t for t, _ in h]
     assert max(abs(a - b) for (_, a), (_, b) in zip(v, h)) < 1e-4
-
-
-def test_qwen3_hf_apply_keeps_the_same_count_from_the_same_saliency_source(runs):
-    """Check 3, what can be compared for Qwen3-VL: the Hugging Face adapter keeps the same count with the same
-    saliency source. Kept sets and log-probs cannot be compared across the engines here: stock transformers 5.19
-    and stock vLLM 0.32 already disagree on this checkpoint's video features (max difference 0.02 on values of
-    0.12) and first-token top-5 with no pruning at all. Selection inside vLLM is checked by check 2."""
-    res = tango(runs, "qwen3_vl")
-    assert res["hf"]["stats"][0]["tokens_kept"] == expected_k("qwen3_vl")
-    assert res["hf"]["stats"][0]["saliency"] == "qwen-global-query"
-    assert len(res["hf"]["index"]) == expected_k("qwen3_vl")
 
 
 @pytest.mark.parametrize("family", list(GRID))

@@ -80,12 +80,16 @@ def build(out: str | Path, family: str, seed: int = 0) -> Path:
                                num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
             tie_word_embeddings=False, **ids)
         model = tf.Qwen3VLForConditionalGeneration(cfg)
-        # Qwen3's video budget counts all frames' pixels: 16 frames of px x px fit exactly
+        # Qwen3's video budget counts all frames' pixels: 16 frames of px x px fit exactly. Image and video
+        # processors normalise with mean = std = 0.5, as Qwen3-VL's released ones do: vLLM 0.32 normalises video
+        # pixels on the device with the *image* processor's mean/std (mm_device_do_normalize), transformers with
+        # the video processor's; the Qwen2-VL image defaults (CLIP's) here made the two engines' videos differ
+        half = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
         proc = tf.Qwen3VLProcessor(
             image_processor=tf.Qwen2VLImageProcessor(size={"shortest_edge": px * px, "longest_edge": px * px},
-                                                     patch_size=16),
+                                                     patch_size=16, **half),
             video_processor=tf.Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 16 * px * px},
-                                                     patch_size=16, do_sample_frames=False),
+                                                     patch_size=16, do_sample_frames=False, **half),
             tokenizer=tok, chat_template=CHAT_TEMPLATE)
     else:
         raise ValueError(f"family must be qwen2_5_vl or qwen3_vl, got {family!r}")

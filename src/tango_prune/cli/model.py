@@ -13,7 +13,12 @@ from .common import retention_arg, retentions_arg
 
 
 def is_testbed(spec: str) -> bool:
-    return spec == "testbed" or (spec.endswith(".pt") and Path(spec).is_file())
+    return spec == "testbed" or is_testbed_v2(spec) or (spec.endswith(".pt") and Path(spec).is_file())
+
+
+def is_testbed_v2(spec: str) -> bool:
+    """'testbed-v2' (the committed v2 weights) or 'testbed-v2:FILE' (v2 weights or a train_v2 checkpoint)."""
+    return spec == "testbed-v2" or spec.startswith("testbed-v2:")
 
 
 def adapter_positions(spec: str, given: str | None) -> dict:
@@ -34,6 +39,10 @@ def resolve_qa(spec: str):
     """'testbed' (the committed testbed model) or a local checkpoint dir -> QA."""
     from ..eval.accuracy import checkpoint_qa, testbed_qa
 
+    if is_testbed_v2(spec):
+        from ..testbed import v2
+
+        return v2.qa(spec.partition(":")[2] or None)
     if is_testbed(spec):
         return testbed_qa(None if spec == "testbed" else spec)
     if not Path(spec).is_dir():
@@ -70,7 +79,8 @@ def cmd_eval(args) -> int:
 
 def register(sub) -> None:
     e = sub.add_parser("eval", help="accuracy per method and ratio on the testbed's questions (or a checkpoint's answers)")
-    e.add_argument("--model", default="testbed", help="testbed, a testbed .pt, or a local LLaVA-OV / Qwen2.5-VL checkpoint dir")
+    e.add_argument("--model", default="testbed", help="testbed, a testbed .pt, testbed-v2[:FILE], or a local LLaVA-OV / "
+                   "Qwen2.5-VL checkpoint dir")
     e.add_argument("--methods", default="all", help="'all' or names, with options as name:key=value")
     e.add_argument("--retention", type=retentions_arg, default=[0.1, 0.15, 0.2])
     e.add_argument("--n", type=int, default=500, help="questions (the five types in turn)")

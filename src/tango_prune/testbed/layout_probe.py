@@ -25,9 +25,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--shares", default="0.2,0.5", help="shares of the video tokens replaced or dropped")
     ap.add_argument("--methods", default="tango,uniform,random,topk", help="methods compared at 10%%")
-    ap.add_argument("--weights", default=None, help="a testbed .pt (default: the committed one)")
+    ap.add_argument("--weights", default=None, help="a testbed .pt (default: the committed one), or testbed-v2[:FILE]")
     a = ap.parse_args()
-    qa = testbed_qa(a.weights)
+    if a.weights and a.weights.startswith("testbed-v2"):
+        from tango_prune.testbed import v2
+
+        qa = v2.qa(a.weights.partition(":")[2] or None)
+    else:
+        qa = testbed_qa(a.weights)
     samples = generate(a.n, seed=0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

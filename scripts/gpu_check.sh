@@ -8,8 +8,10 @@
 #   --release PATH a checkout of the authors' Tango release: bench-pruner times it side by side (up to 256 frames)
 #   --dry-run      the same steps on the CPU at tiny sizes: checks the script and its outputs, not the GPU
 #
-# Steps (about 6 minutes on an H200): the machine; TTFT at LLaVA-OV-7B and Qwen2.5-VL-7B shapes with 32 frames,
-# none vs tango at 10% (random weights, bf16); the pruner alone at 32/256/1024 frames on the GPU.
+# Steps (about 7 minutes on an H200, estimated): the machine; TTFT at LLaVA-OV-7B and Qwen2.5-VL-7B shapes with 32
+# frames, none vs tango at 10% (random weights, bf16); at the LLaVA-Video-7B shape, tango at 10% before the LLM only
+# vs with the release's stage inside the LLM (layer 18, keep 0.5, same mean retention); the pruner alone at
+# 32/256/1024 frames on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-out/gpu_check}"
@@ -20,7 +22,7 @@ while [ $# -gt 0 ]; do
     --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a directory" >&2; exit 2; }; out="$2"; shift 2 ;;
     --release) [ $# -ge 2 ] || { echo "gpu_check.sh: --release needs a path" >&2; exit 2; }; release="$2"; shift 2 ;;
     --dry-run) dry=1; shift ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -37,12 +39,12 @@ rel=()
 
 if [ "$dry" = 1 ]; then
   device=cpu; dtype=fp32
-  frames=1; layers=(--layers 1); pruner_frames=4,8; pruner_shape=(--tokens 16 --dim 64)
+  frames=1; layers=(--layers 1); stage_layers=(--layers 2); pruner_frames=4,8; pruner_shape=(--tokens 16 --dim 64)
 else
   "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "gpu_check.sh: this python's torch sees no GPU (use --dry-run on a CPU)" >&2; exit 2; }
   device=cuda; dtype=bf16
-  frames=32; layers=(); pruner_frames=32,256,1024; pruner_shape=(--tokens 196 --dim 3584)
+  frames=32; layers=(); stage_layers=(); pruner_frames=32,256,1024; pruner_shape=(--tokens 196 --dim 3584)
 fi
 
 {
@@ -62,11 +64,17 @@ for arch in llava-ov-7b qwen2.5-vl-7b; do
     --decode-tokens 4 --device "$device" --dtype "$dtype" "${layers[@]}" --json "$out/bench_$arch.json" --quiet \
     | tee -a "$out/bench.txt"
 done
+# the stage inside the LLM once (a depth-reduced dry run needs 2 layers: the stage sits between them)
+"${cli[@]}" bench --arch llava-video-7b --frames "$frames" --methods tango --retention 0.1 --llm-stage llava-video \
+  --repeats 2 --decode-tokens 4 --device "$device" --dtype "$dtype" "${stage_layers[@]}" \
+  --json "$out/bench_llm_stage.json" --quiet | tee -a "$out/bench_llm_stage.txt"
 "${cli[@]}" bench-pruner --frames "$pruner_frames" "${pruner_shape[@]}" --device "$device" --dtype "$dtype" \
   --repeats 3 "${rel[@]}" --json "$out/bench_pruner.json" --quiet | tee -a "$out/bench_pruner.txt"
 
 {
   echo; echo "## bench (TTFT at real shapes, none vs tango 0.1)"; echo '```'; cat "$out/bench.txt"; echo '```'
+  echo; echo "## bench --llm-stage (LLaVA-Video-7B shape, tango 0.1: before the LLM only vs the stage at layer 18 / keep 0.5)"
+  echo '```'; cat "$out/bench_llm_stage.txt"; echo '```'
   echo; echo "## bench-pruner"; echo '```'; cat "$out/bench_pruner.txt"; echo '```'
 } >> "$out/summary.md"
 echo "wrote $out/summary.md"

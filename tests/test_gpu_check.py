@@ -1,5 +1,5 @@
 """scripts/gpu_check.sh, what a CPU can check of it: argument handling, and a dry run (CPU, tiny sizes) that writes
-every output file a GPU run writes (about a minute)."""
+every output file a GPU run writes (about two minutes)."""
 import json
 import subprocess
 import sys
@@ -34,8 +34,19 @@ def test_dry_run_writes_every_output(tmp_path):
     p = run("--dry-run", "--out", str(tmp_path))
     assert p.returncode == 0, p.stderr[-2000:]
     summary = (tmp_path / "summary.md").read_text()
-    assert "dry run" in summary and summary.count("TTFT s") == 2 and "median s" in summary
+    # two bench tables, the stage's table, bench-pruner's
+    assert "dry run" in summary and summary.count("TTFT s") == 3 and "median s" in summary
+    assert "## bench --llm-stage" in summary and "TTFT x" in summary
     for arch in ("llava-ov-7b", "qwen2.5-vl-7b"):
         rows = json.loads((tmp_path / f"bench_{arch}.json").read_text())["results"]
         assert [r["method"] for r in rows] == ["none", "tango"] and rows[1]["speedup"] > 1
+    # the stage inside the LLM, once: tango 0.1 before the LLM only, then with the release's stage (18 of 28 layers,
+    # keep 0.5; the dry run's 2-layer model puts it after layer 1) at the raised pre-LLM retention 28 r / 23
+    stage = json.loads((tmp_path / "bench_llm_stage.json").read_text())
+    pre, staged = stage["results"]
+    assert stage["llm_stage"] == "18/0.5" and (pre["llm_stage"], staged["llm_stage"]) == (None, "18/0.5")
+    assert pre["arch"] == "llava-video-7b" and pre["pre_llm_retention"] == 0.1
+    assert abs(staged["pre_llm_retention"] - 2.8 / 23) < 1e-12 and staged["estimated"]
+    assert staged["video_tokens_after_stage"] == staged["video_tokens"] - round(staged["video_tokens"] * 0.5)
+    assert staged["ttft_ratio"] > 0 and staged["decode_ratio"] > 0
     assert json.loads((tmp_path / "bench_pruner.json").read_text())["results"]

@@ -3,6 +3,11 @@
 Shapes come from the public configs of the checkpoints named here (config.json of each hub repo):
 - SigLIP so400m-patch14-384 (LLaVA-OV / LLaVA-Video tower): hidden 1152, MLP 4304, 26 layers as used (the
   HF LLaVA-OV configs keep 26 of 27), 16 heads, 384 px, patch 14 -> 27 x 27 patches, pooled to 14 x 14.
+- llava-video-7b is built as transformers' LlavaOnevisionForConditionalGeneration (the class `apply()` adapts), so it
+  lays a frame out as that class does: bilinear 27 x 27 -> 14 x 14 = 196 tokens, one newline per video. The
+  original LLaVA-Video (lmms-lab/LLaVA-Video-7B-Qwen2; Tango's release, tango/llava_arch.py) average-pools to
+  13 x 13 = 169 tokens and adds a newline after every row: 182 per frame, 64 frames in the release, 7% fewer LLM
+  tokens than here. Tower and LLM are the same; only the pooled grid differs.
 - Qwen2-0.5B (llava-onevision-qwen2-0.5b-ov-hf): hidden 896, MLP 4864, 24 layers, 14 heads, 2 KV heads, vocab 151936.
 - Qwen2-7B (llava-onevision-qwen2-7b-ov-hf, LLaVA-Video-7B-Qwen2-hf): hidden 3584, MLP 18944, 28 layers, 28 heads,
   4 KV heads, vocab 152064.

@@ -84,11 +84,15 @@ def _video_inputs(model, family: str, frames: int, dtype, text_before: int, text
             "second_per_grid_ts": torch.tensor([1.0]), "mm_token_type_ids": (ids == vid).int() * 2}
 
 
-def measure_tower(model, family: str, frames: int, repeats: int, dtype) -> dict:
-    """Tower work, the same for every method: features alone, then features with the saliency map."""
+def measure_tower(model, family: str, frames: int, repeats: int, dtype, plain: bool = True) -> dict:
+    """Tower work, the same for every method: features alone, then features with the saliency map. With
+    ``plain=False`` (no saliency-free method asked for) only the second runs, and the vision time is its time less
+    the map's own."""
     base = video_inputs(model, family, frames, dtype)
-    with apply(model, "none", 1.0, saliency="features") as plain:
-        vision_s, (videos, _) = _median(lambda: plain.encode(dict(base), {}), repeats)
+    videos = [None]
+    if plain:
+        with apply(model, "none", 1.0, saliency="features") as h:
+            vision_s, (videos, _) = _median(lambda: h.encode(dict(base), {}), repeats)
     runs: list[dict] = []
 
     def salient_encode():
@@ -96,9 +100,11 @@ def measure_tower(model, family: str, frames: int, repeats: int, dtype) -> dict:
         return full.encode(dict(base), runs[-1])
 
     with apply(model, "none", 1.0) as full:
-        _, (salient, _) = _median(salient_encode, repeats)
+        salient_s, (salient, _) = _median(salient_encode, repeats)
     # the saliency map timed on its own inside the encode (a difference of two tower runs is mostly their noise)
     saliency_s = statistics.median(r.get("saliency_s", 0.0) for r in runs[1:] or runs)
+    if not plain:
+        vision_s = max(0.0, salient_s - saliency_s)
     return {"base": base, "vision_s": vision_s, "saliency_s": saliency_s,
             "plain": videos[0], "salient": salient[0], "deepstack": runs[-1].get("deepstack")}
 
@@ -150,6 +156,11 @@ def measure(model, family: str, tower: dict, method: str, retention: float, repe
     }
 
 
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda needs a CUDA build of torch and a GPU; this torch sees none (use --device cpu)")
+
+
 def run(arch: str, frames: list[int], methods: list[str], retentions: list[float], dtype=torch.bfloat16,
         repeats: int = 2, decode_tokens: int = 8, layers: int | None = None, progress: bool = True,
         device: str = "cpu") -> list[dict]:
@@ -159,15 +170,10 @@ def run(arch: str, frames: list[int], methods: list[str], retentions: list[float
 
     if arch not in ARCHS:
         raise ValueError(f"--arch must be one of {sorted(ARCHS)}, got {arch!r}")
-    family, vis, txt = ARCHS[arch]
-    full_llm = txt["num_hidden_layers"]
-    full_vis = vis.get("num_hidden_layers", vis.get("depth"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda needs a CUDA build of torch and a GPU; this torch sees none (use --device cpu)")
-    model, family = build(arch, dtype, layers=layers, vision_layers=layers and min(layers, full_vis))
+    check_device(device)
+    vis_scale, llm_scale, vision_layers = depth_scales(arch, layers)
+    model, family = build(arch, dtype, layers=layers, vision_layers=vision_layers)
     model = model.to(device)
-    llm_scale = full_llm / layers if layers else 1.0
-    vis_scale = full_vis / min(layers, full_vis) if layers else 1.0
     jobs = [(f, m, r) for f in frames for m in methods for r in ([1.0] if m == "none" else retentions)]
     rows, towers = [], {}
     with torch.inference_mode():
@@ -175,19 +181,35 @@ def run(arch: str, frames: list[int], methods: list[str], retentions: list[float
             if f not in towers:  # once per frame count: the tower does the same work for every method
                 towers = {f: dict(measure_tower(model, family, f, repeats, dtype), frames=f)}
             row = measure(model, family, towers[f], m, r, repeats, decode_tokens)
-            row["vision_s"] *= vis_scale
-            row["saliency_s"] *= vis_scale if family in ("qwen", "qwen3") else 1.0
-            row["prefill_s"] *= llm_scale
-            if row["decode_tok_s"]:
-                row["decode_tok_s"] /= llm_scale
-            if layers:  # FLOPs of the full-depth model
-                row["flops_vision"] *= vis_scale
-                row["flops_llm"] *= llm_scale
-            row.update(arch=arch, dtype=str(dtype).replace("torch.", ""), device=device, estimated=bool(layers))
-            rows.append(row)
+            rows.append(scale(row, family, vis_scale, llm_scale, arch=arch, dtype=dtype, device=device, layers=layers))
             gc.collect()
     finalize(rows)
     return rows
+
+
+def depth_scales(arch: str, layers: int | None) -> tuple[float, float, int | None]:
+    """(vision scale, LLM scale, vision layers to build) of a depth-reduced model (``--layers``); 1, 1, None at full
+    depth."""
+    _, vis, txt = ARCHS[arch]
+    full_vis = vis.get("num_hidden_layers", vis.get("depth"))
+    if not layers:
+        return 1.0, 1.0, None
+    return full_vis / min(layers, full_vis), txt["num_hidden_layers"] / layers, min(layers, full_vis)
+
+
+def scale(row: dict, family: str, vis_scale: float, llm_scale: float, *, arch: str, dtype, device: str,
+          layers: int | None) -> dict:
+    """Times and FLOPs of a depth-reduced model scaled per layer to the full depth, and the row's labels."""
+    row["vision_s"] *= vis_scale
+    row["saliency_s"] *= vis_scale if family in ("qwen", "qwen3") else 1.0
+    row["prefill_s"] *= llm_scale
+    if row.get("decode_tok_s"):
+        row["decode_tok_s"] /= llm_scale
+    if layers:  # FLOPs of the full-depth model
+        row["flops_vision"] *= vis_scale
+        row["flops_llm"] *= llm_scale
+    row.update(arch=arch, dtype=str(dtype).replace("torch.", ""), device=device, estimated=bool(layers))
+    return row
 
 
 def finalize(rows: list[dict]) -> None:

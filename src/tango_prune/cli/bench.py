@@ -21,7 +21,7 @@ def cmd_bench_pruner(args) -> int:
         args.frames, args.tokens, args.dim, dtype, args.retention, sims, args.repeats,
         args.release, args.release_max_frames, args.device, progress=not args.quiet,
         scene_frames=tuple(args.scene_frames), max_segment_frames=args.max_segment_frames,
-        methods=_other_methods(args.methods),
+        methods=_other_methods(args.methods), scene=args.scene,
     )
     print(format_table(rows))
     if args.json:
@@ -44,6 +44,8 @@ def cmd_bench(args) -> int:
     from ..bench.e2e import format_table, plot, run
     from ..eval.compare import resolve_methods
 
+    if args.llm_stage is not None:
+        return _bench_stage(args, resolve_methods(args.methods))
     methods = [name for _, name, _ in resolve_methods(args.methods)]
     if args.engine == "vllm":
         return _bench_vllm(args, methods)
@@ -58,6 +60,29 @@ def cmd_bench(args) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot(rows, args.plot)}")
+    return 0
+
+
+def _bench_stage(args, methods: list[tuple[str, str, dict]]) -> int:
+    """--llm-stage: each method before the LLM only, and with the stage inside it at the same mean retention."""
+    from ..bench import e2e_stage
+    from ..bench.e2e import plot
+
+    if args.engine != "hf":
+        raise UsageError("--llm-stage runs on --engine hf (the stage is installed on a Hugging Face model)")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise UsageError(f"--device takes cpu or cuda[:N], got {args.device!r}")
+    stage = e2e_stage.parse_stage(args.llm_stage)
+    dtype = parse_dtype(args.dtype, args.device)
+    rows = e2e_stage.run(args.arch, args.frames, methods, args.retention, stage, dtype, args.repeats,
+                         args.decode_tokens, args.layers, progress=not args.quiet, device=args.device)
+    print(e2e_stage.format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"llm_stage": e2e_stage.stage_label(stage), "results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:  # one bar per row: the stage's rows carry it in their label
+        labelled = [dict(r, method=r["method"] + (f"+stage {r['llm_stage']}" if r["llm_stage"] else "")) for r in rows]
+        print(f"wrote {plot(labelled, args.plot)}")
     return 0
 
 
@@ -85,6 +110,9 @@ def register(sub) -> None:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--device", default="cpu")
     b.add_argument("--scene-frames", type=ints_arg, default=[4, 24], help="MIN,MAX frames per synthetic scene")
+    b.add_argument("--scene", default="video", choices=["video", "noise"],
+                   help="video: scenes with a still background (--scene-frames); noise: no static position anywhere "
+                   "(a shared rank-64 base plus each frame's own noise, 6.4x the base)")
     b.add_argument("--max-segment-frames", type=int, default=1024, help="TangoConfig.max_segment_frames")
     b.add_argument("--methods", default="", help="other registry methods to time on the same videos (e.g. flashvid,evs, or all)")
     b.add_argument("--release", help="path to a checkout of the authors' release (xjtupanda/Tango) to time side by side")
@@ -107,6 +135,9 @@ def register(sub) -> None:
     e.add_argument("--json")
     e.add_argument("--plot", help="PNG of the TTFT breakdown")
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--llm-stage", nargs="?", const="llava-video", metavar="PRESET|LAYER/KEEP",
+                   help="also run each method with the stage inside the LLM (default preset llava-video: layer 18, "
+                        "keep 0.5), its pre-LLM retention raised so the mean over the layers is --retention")
     e.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                    help="hf: this process, stage by stage; vllm: whole requests through vLLM (qwen2.5-vl-3b/7b)")
     e.add_argument("--vllm-python", default=".venv-vllm/bin/python", help="the vLLM venv's python (--engine vllm)")

@@ -96,6 +96,14 @@ def test_stage_below_the_model_depth_and_rescaled_retention(model):
         assert h.target_retention == 0.1 and h.retention == pytest.approx(2 * 0.1 / (1 + 0.5))
 
 
+def test_tango_on_real_grids_takes_the_stage(model):
+    """On LLaVA-OV's and LLaVA-Video's own grids the adapter builds Tango with the grid's sink preset; the stage's
+    option is the handle's and must not reach the method (it did: "unknown tango options ['llm_stage']")."""
+    with apply(model, "tango", 0.1, llm_stage={"layer": 1, "keep": 0.5}) as h:
+        for grid in ((14, 14), (13, 13)):
+            assert h._pruner_for(grid).config.retention == pytest.approx(h.retention)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_batch_of_two_videos_matches_each_alone(model, attn):
     model.config._attn_implementation = attn

@@ -9,6 +9,7 @@ their M-RoPE positions), and decoding continues after the full sequence's last p
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -17,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..types import Pruned, VideoTokens
 from .handle import PruneHandle, timed
 from .sequence import Compacted, original_positions
-from .saliency import attention_received, cls_attention, load_siglip_head, map_head_attention
+from .saliency import attention_received, cls_attention, hook_qk, load_siglip_head, map_head_attention, qk_from_hook
 
 # the release's sink positions, by pooled grid (SPEC: LLaVA-OV 14x14, LLaVA-Video 13x13)
 SINK_PRESETS = {(14, 14): "llava-ov", (13, 13): "llava-video"}
@@ -60,7 +61,7 @@ class LlavaOnevisionHandle(PruneHandle):
             p = next(model.parameters())
             self.head = load_siglip_head(siglip_head, p.dtype, p.device)
         self.sinks_given = "sink_indices" in method_opts
-        self.method_opts = method_opts
+        self.method_opts = {k: v for k, v in method_opts.items() if k != "llm_stage"}  # the handle's, not the method's
         super().__init__(model, method, retention, **method_opts)
         self._pruners: dict = {}
 
@@ -104,32 +105,46 @@ class LlavaOnevisionHandle(PruneHandle):
     def _encode_frames(self, frames, layer, strategy, ctx: dict):
         """(T, C, H, W) pixels -> pooled projected features (T, L, D), saliency (T, L) or None, its source."""
         inner = self.model.model
-        out = inner.vision_tower(frames.to(next(self.tower.parameters()).dtype), output_hidden_states=True, return_dict=True)
-        hs = out.hidden_states
         layers = [layer] if isinstance(layer, int) else list(layer)
+        # the map's layer keeps the q/k it computes in the forward: the map shares the tower's projections
+        mode = resolve_saliency(self.saliency, self.head is not None, strategy)
+        block = self._block(layers[-1]) if mode in ("cls", "attention") else None
+        with nullcontext({}) if block is None else hook_qk(block) as got:
+            out = inner.vision_tower(frames.to(next(self.tower.parameters()).dtype), output_hidden_states=True,
+                                     return_dict=True)
+        hs = out.hidden_states
         sel = torch.cat([hs[i] for i in layers], dim=-1)
         if strategy == "default":
             sel = sel[:, 1:]
         feats = inner.apply_pooling(inner.multi_modal_projector(sel))
-        sal, source = timed(ctx, "saliency_s", self._saliency, hs, layers[-1], strategy)
+        sal, source = timed(ctx, "saliency_s", self._saliency, hs, layers[-1], strategy, got)
         if sal is not None:
             sal = inner.apply_pooling(sal.unsqueeze(-1).to(feats.dtype)).squeeze(-1).float()
         return feats, sal, source
 
-    def _saliency(self, hs, layer: int, strategy: str):
+    def _blocks(self):
+        enc = self.tower.encoder
+        return getattr(enc, "layers", None) or enc.layer  # CLIP/SigLIP name them layers, DINOv2 layer
+
+    def _block(self, layer: int):
+        """The encoder layer whose output is hidden_states[layer] (hidden_states[i] is the output of layer i - 1)."""
+        idx = layer if layer >= 0 else len(self._blocks()) + 1 + layer
+        return self._blocks()[idx - 1]
+
+    def _saliency(self, hs, layer: int, strategy: str, got: dict | None = None):
         mode = resolve_saliency(self.saliency, self.head is not None, strategy)
         if mode == "features":
             return None, SALIENCY_SOURCES[mode]
-        idx = layer if layer >= 0 else len(hs) + layer  # hidden_states[i] is the output of layer i - 1
+        idx = layer if layer >= 0 else len(hs) + layer
         if mode == "map-head":
             head, post_ln = self.head
             s = map_head_attention(head, post_ln, hs[idx])
             return (s[:, 1:] if strategy == "default" else s), "siglip-map-head"
-        enc = self.tower.encoder
-        block = (getattr(enc, "layers", None) or enc.layer)[idx - 1]  # CLIP/SigLIP name it layers, DINOv2 layer
+        block = self._block(idx)
+        qk = qk_from_hook(block, got)  # None: recompute from the layer's input
         if mode == "cls":
-            return cls_attention(block, hs[idx - 1]), "cls-attention"
-        s = attention_received(block, hs[idx - 1])
+            return cls_attention(block, hs[idx - 1], qk=qk), "cls-attention"
+        s = attention_received(block, hs[idx - 1], qk=qk)
         return (s[:, 1:] if strategy == "default" else s), "attention-received"
 
     def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict, ctx: dict):

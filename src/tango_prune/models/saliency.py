@@ -1,48 +1,90 @@
 """Saliency from a vision tower without asking it for attention maps (SPEC step 0).
 
 The tower keeps running on sdpa/flash attention; we recompute the one attention map we need from that layer's
-own input, layer norm and q/k projections, a few frames at a time.
+queries and keys: the ones the tower itself computed (``hook_qk`` keeps its q/k projections' outputs during the
+forward), or, without them, recomputed from the layer's input, layer norm and q/k projections.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
+from ..core.saliency import mean_attention_received
 
-def _qk(layer, hidden: Tensor) -> tuple[Tensor, Tensor, float]:
-    """Queries and keys of one pre-norm encoder layer: CLIP/SigLIP (``layer_norm1``, ``self_attn``) or DINOv2
-    (``norm1``, ``attention``) naming, with separate q/k projections (transformers) or one fused ``qkv_proj``
-    returning (out, bias) whose heads are this rank's (vLLM)."""
+
+def _attn(layer):
+    """(attention module, heads, scale) of one encoder layer: CLIP/SigLIP (``self_attn``) or DINOv2 (``attention``)
+    naming; heads are this rank's under vLLM's tensor parallelism."""
     attn = getattr(layer, "self_attn", None) or layer.attention
-    h = (getattr(layer, "layer_norm1", None) or layer.norm1)(hidden)
     heads = getattr(attn, "num_heads_per_partition", None) or getattr(attn, "num_heads", None) or attn.num_attention_heads
-    scale = getattr(attn, "scale", None) or attn.scaling
+    return attn, heads, float(getattr(attn, "scale", None) or attn.scaling)
+
+
+def _qk(layer, hidden: Tensor, upcast: bool = True) -> tuple[Tensor, Tensor, float]:
+    """Queries and keys (n, heads, N, d) of one pre-norm encoder layer: CLIP/SigLIP (``layer_norm1``, ``self_attn``)
+    or DINOv2 (``norm1``, ``attention``) naming, with separate q/k projections (transformers) or one fused
+    ``qkv_proj`` returning (out, bias) whose heads are this rank's (vLLM). float32 unless ``upcast=False``."""
+    attn, heads, scale = _attn(layer)
+    h = (getattr(layer, "layer_norm1", None) or layer.norm1)(hidden)
     if hasattr(attn, "qkv_proj"):
         q, k, _ = attn.qkv_proj(h)[0].chunk(3, dim=-1)  # the layout vLLM's own attention forward splits
     else:
         q, k = attn.q_proj(h), attn.k_proj(h)
-    q = q.unflatten(-1, (heads, -1)).transpose(1, 2).float()
-    k = k.unflatten(-1, (heads, -1)).transpose(1, 2).float()
-    return q, k, float(scale)
+    q = q.unflatten(-1, (heads, -1)).transpose(1, 2)
+    k = k.unflatten(-1, (heads, -1)).transpose(1, 2)
+    return (q.float(), k.float(), scale) if upcast else (q, k, scale)
+
+
+@contextmanager
+def hook_qk(layer):
+    """Keep the queries and keys ``layer`` computes in the tower's own forward inside the ``with`` block: forward
+    hooks on this instance's ``q_proj``/``k_proj`` (transformers' CLIP, SigLIP, DINOv2), removed on exit; no class
+    is touched. Yields a dict; after the block, ``qk_from_hook(layer, it)`` gives (q, k, scale), or None when the
+    layer has no such projections or they did not run exactly once (then recompute from the layer's input)."""
+    attn = _attn(layer)[0]
+    got: dict[str, list[Tensor]] = {"q": [], "k": []}
+    if not (hasattr(attn, "q_proj") and hasattr(attn, "k_proj")):
+        yield got
+        return
+    hooks = [getattr(attn, f"{n}_proj").register_forward_hook(lambda m, a, out, n=n: got[n].append(out.detach()))
+             for n in ("q", "k")]
+    try:
+        yield got
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def qk_from_hook(layer, got: dict | None) -> tuple[Tensor, Tensor, float] | None:
+    """(q, k, scale) in the tower's dtype, (n, heads, N, d) views of what ``hook_qk`` kept, or None."""
+    if not got or len(got["q"]) != 1 or len(got["k"]) != 1:
+        return None
+    _, heads, scale = _attn(layer)
+    q, k = (got[n][0].unflatten(-1, (heads, -1)).transpose(1, 2) for n in ("q", "k"))
+    return q, k, scale
 
 
 @torch.no_grad()
-def attention_received(layer, hidden: Tensor, chunk: int = 8) -> Tensor:
+def attention_received(layer, hidden: Tensor | None, chunk: int = 8, qk=None) -> Tensor:
     """(N_img, N) mean attention each token receives in ``layer`` (over heads and queries); ``hidden`` is the
-    layer's input (N_img, N, C). The fallback saliency: tokens the tower itself attends to."""
+    layer's input (N_img, N, C). The fallback saliency: tokens the tower itself attends to. ``qk``: the layer's
+    own (q, k, scale) from ``qk_from_hook``, which spares recomputing them; the result is the same."""
+    if qk is not None:
+        return mean_attention_received(*qk)
     out = []
     for s in range(0, hidden.shape[0], chunk):
-        q, k, scale = _qk(layer, hidden[s : s + chunk])
-        p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)  # (n, heads, N, N), one chunk only
-        out.append(p.mean(dim=(1, 2)))
+        out.append(mean_attention_received(*_qk(layer, hidden[s : s + chunk], upcast=False)))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def cls_attention(layer, hidden: Tensor) -> Tensor:
-    """(N_img, N - 1) attention of the CLS query (position 0) over the patches, mean of heads (CLIP, DINOv2)."""
-    q, k, scale = _qk(layer, hidden)
-    p = torch.softmax(q[:, :, :1] @ k.transpose(-1, -2) * scale, dim=-1)  # (n, heads, 1, N)
+def cls_attention(layer, hidden: Tensor | None, qk=None) -> Tensor:
+    """(N_img, N - 1) attention of the CLS query (position 0) over the patches, mean of heads (CLIP, DINOv2);
+    ``qk`` as in ``attention_received``."""
+    q, k, scale = _qk(layer, hidden) if qk is None else qk
+    p = torch.softmax(q[:, :, :1].float() @ k.float().transpose(-1, -2) * scale, dim=-1)  # (n, heads, 1, N)
     return p[:, :, 0, 1:].mean(dim=1)
 
 

@@ -9,7 +9,7 @@ from .core.budget import exact_count, fit_budget
 from .core.saliency import auto_sinks, feature_saliency, mask_sinks
 from .core.segment import consecutive_similarity, fastvid_segments, frame_similarity, holitom_segments
 from .core.strope import resolve_section
-from .core.tango import Geometry, Pieces, prune_segment, static_positions
+from .core.tango import Geometry, Pieces, prune_segment, prune_single_frames, static_positions
 from .types import Pruned, VideoTokens, positions_of
 
 def prepare_saliency(vt: VideoTokens, cfg: TangoConfig) -> tuple[Tensor, str, list[int]]:
@@ -74,11 +74,15 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
 
     geo = Geometry(W, section, cfg.base_time, cfg.base_space, cfg.strope, torch.bfloat16 if fast else torch.float32)
     pieces = Pieces(T * L, feats.device)
-    a = 0
+    a, singles = 0, []
     for n, static, ns in zip(sizes, statics, n_static):
-        seg = feats[a : a + n]
-        prune_segment(seg, norms[a : a + n], times[a : a + n], sal[a : a + n], static, ns, a * L, cfg, geo, pieces)
+        if n == 1:  # runs of one-frame segments go through in batches (prune_frames)
+            singles.append(a)
+        else:
+            seg = feats[a : a + n]
+            prune_segment(seg, norms[a : a + n], times[a : a + n], sal[a : a + n], static, ns, a * L, cfg, geo, pieces)
         a += n
+    prune_single_frames(feats, norms, times, sal, singles, cfg, geo, pieces)
     index, out, merged, owner = pieces.finish()
     reference_count = int(index.shape[0])
     if cfg.budget == "exact":

@@ -77,16 +77,33 @@ def merge_context(
     anchors included) joins its nearest anchor; an anchor with c members of mean
     m becomes w * anchor + (1 - w) * m with w = max(beta, 1 / c), computed in float32.
     """
-    ranked = dpc_knn(rot.unsqueeze(0), n_anchors, k, block_tokens=block_tokens)[0]
-    anchors = ranked.sort().values
-    group = nearest(rot.unsqueeze(0), rot[anchors].unsqueeze(0), block_tokens=block_tokens)[0]
-    group[anchors] = torch.arange(n_anchors, device=group.device)  # an anchor joins itself, whatever the rounding
-    D = features.shape[-1]
-    total = torch.zeros(n_anchors, D, dtype=torch.float32, device=features.device)
-    for s in range(0, features.shape[0], 512):  # float32 in small pieces: no pool-sized copy
-        total.index_add_(0, group[s : s + 512], features[s : s + 512].float())
-    size = torch.bincount(group, minlength=n_anchors)
+    m = merge_context_batched(features.unsqueeze(0), rot.unsqueeze(0), n_anchors, beta=beta, k=k,
+                              block_tokens=block_tokens)
+    return Merge(*(t[0] for t in m))
+
+
+def merge_context_batched(
+    features: Tensor, rot: Tensor, n_anchors: int, *, beta: float, k: int, block_tokens: int = 4096,
+) -> Merge:
+    """merge_context for B pools of M tokens at once (B, M, D): each pool is merged on its own (one frame each,
+    for videos cut into one-frame segments). Every field of the Merge gains a leading batch dimension."""
+    B, M, D = features.shape
+    dev = features.device
+    ranked = dpc_knn(rot, n_anchors, k, block_tokens=block_tokens)  # (B, A)
+    anchors = ranked.sort(dim=1).values
+    at = (anchors + torch.arange(B, device=dev).unsqueeze(1) * M).flatten()  # anchors as rows of the flat pools
+    centres = rot.reshape(B * M, -1).index_select(0, at).view(B, n_anchors, -1)
+    group = nearest(rot, centres, block_tokens=block_tokens)  # (B, M)
+    # an anchor joins itself, whatever the rounding
+    group.scatter_(1, anchors, torch.arange(n_anchors, device=dev).expand(B, -1))
+    flat = (group + torch.arange(B, device=dev).unsqueeze(1) * n_anchors).flatten()
+    rows = features.reshape(B * M, D)
+    total = torch.zeros(B * n_anchors, D, dtype=torch.float32, device=dev)
+    for s in range(0, B * M, 512):  # float32 in small pieces: no pool-sized copy
+        total.index_add_(0, flat[s : s + 512], rows[s : s + 512].float())
+    size = torch.bincount(flat, minlength=B * n_anchors)
     count = size.clamp(min=1).unsqueeze(1).float()
     w = (1.0 / count).clamp(min=beta)
-    merged = w * features[anchors].float() + (1 - w) * (total / count)
-    return Merge(anchors, merged.to(features.dtype), group, size, ranked)
+    own = rows.index_select(0, at).float()
+    merged = (w * own + (1 - w) * (total / count)).to(features.dtype)
+    return Merge(anchors, merged.view(B, n_anchors, D), group, size.view(B, n_anchors), ranked)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..config import TangoConfig
-from .select import merge_context, salient_in_frames
+from .select import merge_context, merge_context_batched, salient_in_frames
 from .strope import rotated_unit_features
 
 
@@ -82,6 +82,55 @@ def prune_block(
     kept_t = torch.cat(kept)
     rows = torch.arange(kept_t.shape[0], device=dev)
     # Every kept token that is not a merged anchor represents itself.
+    self_rep = owner[kept_t] < 0
+    owner[kept_t[self_rep]] = rows[self_rep]
+    return Block(kept_t, torch.cat(feats), torch.cat(merged), owner)
+
+
+def prune_frames(features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, cfg: TangoConfig) -> Block:
+    """N one-frame segments (N, P, D) at once: what prune_block does to each frame alone, batched over frames
+    (a video with no two similar frames is cut into one-frame segments; one call each costs more in overhead
+    than in arithmetic)."""
+    N, P = saliency.shape
+    D = features.shape[-1]
+    dev = features.device
+    n = max(1, math.ceil(P * ratio))
+    n_sal = int(n * (1.0 - cfg.context_ratio))
+    n_ctx = n - n_sal
+    base = torch.arange(N, device=dev).unsqueeze(1) * P
+    if n_sal > 0:
+        pos = salient_in_frames(
+            rot, saliency, n_sal, alpha=cfg.alpha, k=cfg.k_neighbors,
+            diverse=cfg.selection == "diverse", block_tokens=cfg.block_tokens,
+        )
+    else:
+        pos = torch.empty(N, 0, dtype=torch.long, device=dev)
+    rest = torch.ones(N, P, dtype=torch.bool, device=dev).scatter_(1, pos, False)
+    pool = rest.nonzero()[:, 1].view(N, -1)  # every frame keeps the same number of salient tokens
+    table = features.reshape(N * P, D)
+    sal_idx = (pos + base).flatten()
+    kept, feats = [sal_idx], [table[sal_idx]]
+    merged = [torch.zeros(sal_idx.shape[0], dtype=torch.bool, device=dev)]
+    owner = torch.full((N * P,), -1, dtype=torch.long, device=dev)
+    if n_ctx > 0 and pool.shape[1] > 0:
+        flat = (pool + base).flatten()
+        if pool.shape[1] <= n_ctx:
+            kept.append(flat)
+            feats.append(table[flat])
+            merged.append(torch.zeros(flat.shape[0], dtype=torch.bool, device=dev))
+        else:
+            # row gathers (index_select), not torch.gather over an expanded index: 10x faster on CPU at D = 3584
+            rows_of = lambda x: x.reshape(N * P, -1).index_select(0, flat).view(N, -1, x.shape[-1])  # noqa: E731
+            m = merge_context_batched(rows_of(features), rows_of(rot), n_ctx, beta=cfg.beta, k=cfg.k_neighbors,
+                                      block_tokens=cfg.block_tokens)
+            dest = m.anchors if cfg.merge_placement == "anchor" else m.rank_order
+            kept.append(torch.gather(pool, 1, dest).add_(base).flatten())
+            feats.append(m.features.reshape(-1, D))
+            merged.append(((m.size > 1) | (dest != m.anchors)).flatten())
+            first = sal_idx.shape[0] + torch.arange(N, device=dev).unsqueeze(1) * n_ctx
+            owner[flat] = (first + m.group).flatten()
+    kept_t = torch.cat(kept)
+    rows = torch.arange(kept_t.shape[0], device=dev)
     self_rep = owner[kept_t] < 0
     owner[kept_t[self_rep]] = rows[self_rep]
     return Block(kept_t, torch.cat(feats), torch.cat(merged), owner)
@@ -185,3 +234,19 @@ def prune_segment(
         rows = (grid_ids[:, dp] - offset).flatten()
         block = prune_block(features, rot, saliency[:, dp], ratio, cfg, rows=rows)
         pieces.add(block, grid_ids[:, dp].flatten())
+
+
+def prune_single_frames(
+    features: Tensor, norms: Tensor, times: Tensor, saliency: Tensor, frames: list[int], cfg: TangoConfig,
+    geo: Geometry, pieces: Pieces, batch: int = 4,
+) -> None:
+    """The one-frame segments starting at ``frames`` of a (T, L, D) video, ``batch`` frames per call (4: fastest
+    of 1/4/8/16/64 at 196 x 3584, 1.3x one per call; larger batches lose to page faults on fresh temporaries)."""
+    L = features.shape[1]
+    dev = features.device
+    for s in range(0, len(frames), batch):
+        f = torch.tensor(frames[s : s + batch], device=dev)
+        x = features.index_select(0, f)
+        rot = geo.vectors(x, norms.index_select(0, f), times.index_select(0, f), torch.arange(L, device=dev))
+        block = prune_frames(x, rot, saliency.index_select(0, f), cfg.retention, cfg)
+        pieces.add(block, (f.unsqueeze(1) * L + torch.arange(L, device=dev)).flatten())

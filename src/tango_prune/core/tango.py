@@ -24,6 +24,13 @@ class Block(NamedTuple):
     owner: Tensor  # (N * P,) row of ``kept`` representing each token, -1 if none
 
 
+def frame_budget(positions: int, ratio: float, context_ratio: float) -> tuple[int, int]:
+    """Salient and context tokens per frame: n = ceil(P r) (at least 1), n_s = floor(n (1 - context ratio))."""
+    n = max(1, math.ceil(positions * ratio))
+    n_sal = int(n * (1.0 - context_ratio))
+    return n_sal, n - n_sal
+
+
 def prune_block(
     features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, cfg: TangoConfig, rows: Tensor | None = None,
 ) -> Block:
@@ -35,9 +42,7 @@ def prune_block(
     N, P = saliency.shape
     D = features.shape[-1]
     dev = features.device
-    n = max(1, math.ceil(P * ratio))
-    n_sal = int(n * (1.0 - cfg.context_ratio))
-    n_ctx = n - n_sal
+    n_sal, n_ctx = frame_budget(P, ratio, cfg.context_ratio)
     table = features.reshape(-1, D)
 
     def take(idx: Tensor) -> Tensor:
@@ -94,9 +99,7 @@ def prune_frames(features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, 
     N, P = saliency.shape
     D = features.shape[-1]
     dev = features.device
-    n = max(1, math.ceil(P * ratio))
-    n_sal = int(n * (1.0 - cfg.context_ratio))
-    n_ctx = n - n_sal
+    n_sal, n_ctx = frame_budget(P, ratio, cfg.context_ratio)
     base = torch.arange(N, device=dev).unsqueeze(1) * P
     if n_sal > 0:
         pos = salient_in_frames(

@@ -45,7 +45,7 @@ class LlavaOnevisionHandle(PruneHandle):
     family = "llava-onevision"
 
     def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", siglip_head: str | None = None,
-                 positions: str = "compact", **method_opts) -> None:
+                 positions: str = "compact", llm_stage=None, **method_opts) -> None:
         if positions not in ("compact", "original"):
             raise ValueError(f"positions must be 'compact' (the release's) or 'original', got {positions!r}")
         self.position_mode = positions
@@ -61,8 +61,8 @@ class LlavaOnevisionHandle(PruneHandle):
             p = next(model.parameters())
             self.head = load_siglip_head(siglip_head, p.dtype, p.device)
         self.sinks_given = "sink_indices" in method_opts
-        self.method_opts = {k: v for k, v in method_opts.items() if k != "llm_stage"}  # the handle's, not the method's
-        super().__init__(model, method, retention, **method_opts)
+        self.method_opts = method_opts  # the method's own options (llm_stage is the handle's)
+        super().__init__(model, method, retention, llm_stage=llm_stage, **method_opts)
         self._pruners: dict = {}
 
     def _pruner_for(self, grid: tuple[int, int]):

@@ -164,6 +164,65 @@ def test_generator_answers_are_true(bg, frames):
                 assert len(shown) == frames
 
 
+@pytest.mark.parametrize("i", range(10))
+def test_object_labels_cover_what_was_composited(bg, i):
+    """The auxiliary targets: a frame has coverage iff a shape is shown in it, the covered area is the pixels that
+    changed, and a location clip's object sits in the answer's quadrant of the 4 x 4 token grid."""
+    s = data_v2.draw(5, i, bg)
+    cover, shapes = data_v2.object_labels(5, i, bg, grid=4)
+    assert cover.shape == (len(s.frames), 16) and shapes.shape == (len(s.frames),)
+    assert ((cover.sum(1) > 0) == (shapes >= 0)).all()
+    assert [td.SHAPES[k] if k >= 0 else "" for k in shapes] == list(s.shown)
+    assert cover.max() <= 1 and (cover.sum(1) * 56 * 56).max() <= td.OBJ * td.OBJ
+    if s.qtype == "location":
+        rows, cols = np.nonzero(cover[shapes >= 0].reshape(-1, 4, 4).sum(0))
+        quad = td.QUADRANTS.index(s.options[s.answer])
+        assert set(rows // 2) == {quad // 2} and set(cols // 2) == {quad % 2}
+
+
+@pytest.mark.parametrize("i", range(15))
+def test_caption_states_the_answer(bg, i):
+    """The --caption target describes what was composited: the count's number of appearances, the order's first
+    shape, the location's quadrant, the direction's way of motion and the brief shape are all in it."""
+    s = data_v2.draw(6, i, bg)
+    cover, shapes = data_v2.object_labels(6, i, bg, grid=4)
+    colour = next(c for c in td.COLOURS if c in s.question)
+    text = data_v2.describe(cover, shapes, colour)
+    truth = s.options[s.answer]
+    if s.qtype == "count":
+        assert text.endswith(f"{truth} appearance{'s' if truth != '1' else ''} in all.")
+    elif s.qtype in ("order", "brief_shape"):
+        assert text.startswith(f"A {colour} {truth} is seen")
+    elif s.qtype == "location":
+        assert f"at the {truth}." in text
+    else:
+        assert f"moving {truth} from" in text
+
+
+def test_replies_follow_each_prompt(model):
+    """train_v2 --caption: each clip's reply sits at the end of its (left padded) row, its letter right after the
+    prompt, so the position that predicts the letter is the one eval reads."""
+    from tango_prune.testbed import train_v2
+
+    tok = v2.tokenizer()
+    metas = [{"question": td.TEMPLATES["count"].format(colour="red", shape="circle"), "options": list(td.OPTIONS["count"]),
+              "answer": a, "qtype": "count", "frames": t} for a, t in ((2, 8), (0, 9))]
+    cover = np.zeros((9, 16), np.float32)
+    cover[1:3, 4] = 0.5
+    shapes = np.where(cover.sum(1) > 0, 0, -1)
+    replies = [train_v2.reply_ids(m, cover[: m["frames"]], shapes[: m["frames"]], tok) for m in metas]
+    assert tok.decode(replies[0]) == "C\nA red circle is seen in frames 2 to 3, at the top left. 1 appearance in all.<|im_end|>"
+    feats = [torch.zeros(m["frames"], train_v2.PATCHES, 384) for m in metas]
+    with torch.no_grad():
+        emb, mask, _ = train_v2.batch_embeds(model, feats, metas, tok, replies=replies)
+        plain, _, _ = train_v2.batch_embeds(model, feats, metas, tok)
+    table = model.get_input_embeddings().weight
+    for b, r in enumerate(replies):
+        torch.testing.assert_close(emb[b, -len(r):], table[torch.tensor(r)])
+        n_prompt = int(mask[b].sum()) - len(r)
+        torch.testing.assert_close(emb[b, -len(r) - n_prompt : -len(r)], plain[b, -n_prompt:])
+
+
 def test_v1_phrasing_is_the_eval_template(bg):
     s = data_v2.make_sample(np.random.default_rng(0), bg, "direction", frames=16, phrasing=0)
     assert td.match_question(s.question)[0] == "direction"
@@ -229,3 +288,55 @@ def test_training_writes_a_curve_and_resumes(tmp_path, monkeypatch):
     assert ckpt["step"] == 3 and ckpt["trained"]["rank"] == 2
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # what load_testbed (eval) reads
     assert set(best) == {"model", "rank", "scale", "lora"} and best["rank"] == 2
+    assert ckpt["aux"] is None
+    # --init: a new run from trained weights; the LoRA shape must match
+    again = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "again"), "--held", "1", "--batch", "1",
+             "--log-every", "1", "--eval-every", "100", "--steps", "1", "--init", str(tmp_path / "run" / "best.pt")]
+    monkeypatch.setattr(sys, "argv", again + ["--lora", "4"])
+    with pytest.raises(SystemExit, match="LoRA rank 2"):
+        train_v2.main()
+    monkeypatch.setattr(sys, "argv", again + ["--lora", "2", "--lr", "0", "--lora-lr", "0"])
+    train_v2.main()
+    restarted = torch.load(tmp_path / "again" / "best.pt", weights_only=True)
+    for k, v in best["lora"].items():  # learning rate 0: what was loaded is what is saved
+        torch.testing.assert_close(restarted["lora"][k], v)
+
+
+def test_auxiliary_losses_train_and_resume(tmp_path, monkeypatch):
+    """--aux and --caption: without `masks` the run stops with the command to run; with them every logged step carries the
+    auxiliary loss, the heads are saved for --resume, and nothing of them goes into best.pt."""
+    import json
+    import sys
+
+    from tango_prune.testbed import train_v2
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    feats = np.lib.format.open_memmap(cache / "feats.npy", mode="w+", dtype=np.float16,
+                                      shape=(3, data_v2.MAX_FRAMES, train_v2.PATCHES, 384))
+    feats[:] = np.random.default_rng(0).standard_normal(feats.shape)
+    feats.flush()
+    meta = [{"question": td.TEMPLATES["location"].format(colour="red", shape="circle"),
+             "options": list(td.OPTIONS["location"]), "answer": i % 4, "qtype": "location", "frames": 8} for i in range(3)]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    run = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1", "--batch", "1",
+           "--lora", "2", "--log-every", "1", "--eval-every", "100", "--aux", "1", "--caption", "0.5"]
+    monkeypatch.setattr(sys, "argv", run + ["--steps", "1"])
+    with pytest.raises(SystemExit, match="train_v2 masks"):
+        train_v2.main()
+    cover = np.zeros((3, data_v2.MAX_FRAMES, 16), np.float16)
+    cover[:, 2:5, 5] = 0.4
+    shapes = np.full((3, data_v2.MAX_FRAMES), -1, np.int8)
+    shapes[:, 2:5] = 1
+    np.save(cache / "masks.npy", cover)
+    np.save(cache / "shapes.npy", shapes)
+    train_v2.main()
+    monkeypatch.setattr(sys, "argv", run + ["--steps", "2", "--resume"])
+    train_v2.main()
+    curve = [json.loads(x) for x in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve if "aux" in r] == [1, 2] and all(r["aux"] > 0 for r in curve if "aux" in r)
+    assert [r["step"] for r in curve if "caption" in r] == [1, 2] and all(r["caption"] > 0 for r in curve if "caption" in r)
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    assert set(ckpt["aux"]) == {"cover.weight", "cover.bias", "shape.weight", "shape.bias"}
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert not any("cover" in k or "shape." in k for k in best["model"])

@@ -121,6 +121,62 @@ def draw(seed: int, i: int, bg: Backgrounds, frames: tuple[int, int] = (MIN_FRAM
     return make_sample(rng, bg, qtype, frames=t, phrasing=p)
 
 
+def object_labels(seed: int, i: int, bg: Backgrounds, grid: int = 4,
+                  frames: tuple[int, int] = (MIN_FRAMES, MAX_FRAMES)) -> tuple[np.ndarray, np.ndarray]:
+    """((T, grid*grid) float, (T,) int) for ``draw(seed, i, bg, frames)``: the share of each pooled token's cell that
+    the composited object(s) cover, found by regenerating the sample and its bare window from the same key (draw's
+    first draws, then make_sample draws its window first), and per frame the index in SHAPES of the shape shown
+    (-1: none). Training targets only (train_v2's auxiliary losses)."""
+    s = draw(seed, i, bg, frames)
+    rng = np.random.default_rng([seed, i])
+    rng.integers(frames[0], frames[1] + 1)
+    rng.integers(len(PHRASINGS[s.qtype]))
+    bare = window(bg, rng, s.frames.shape[0])
+    diff = torch.from_numpy(np.any(s.frames.numpy() != bare, axis=-1).astype(np.float32))  # (T, 224, 224)
+    frac = torch.nn.functional.avg_pool2d(diff[:, None], SIZE // grid).reshape(len(diff), grid * grid).numpy()
+    return frac, np.array([SHAPES.index(x) if x else -1 for x in s.shown])
+
+
+def describe(cover: np.ndarray, shapes: np.ndarray, colour: str) -> str:
+    """A caption of what was composited, from ``object_labels``' output: each appearance (a run of frames showing one
+    shape) in time order with its frames, place (quadrant of the 4 x 4 token grid) and motion, then the count.
+    A training target only (train_v2 --caption): many tokens of supervision per clip where the answer gives one."""
+    grid = int(round(cover.shape[1] ** 0.5))
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+
+    def centre(t: int) -> tuple[float, float]:
+        w = cover[t].astype(np.float64)
+        return float((w * rows).sum() / w.sum()), float((w * cols).sum() / w.sum())
+
+    def place(r: float, c: float) -> str:
+        return QUADRANTS[2 * int(r >= (grid - 1) / 2) + int(c >= (grid - 1) / 2)]
+
+    runs, t = [], 0
+    while t < len(shapes):
+        if shapes[t] < 0 or cover[t].sum() == 0:
+            t += 1
+            continue
+        end = t
+        while end + 1 < len(shapes) and shapes[end + 1] == shapes[t] and cover[end + 1].sum() > 0:
+            end += 1
+        runs.append((SHAPES[shapes[t]], t, end))
+        t = end + 1
+    parts = []
+    for k, (shape, a, b) in enumerate(runs):
+        when = f"in frame {a + 1}" if a == b else f"in frames {a + 1} to {b + 1}"
+        (r0, c0), (r1, c1) = centre(a), centre(b)
+        dr, dc = r1 - r0, c1 - c0
+        if max(abs(dr), abs(dc)) >= 1:
+            way = ("down" if dr > 0 else "up") if abs(dr) > abs(dc) else ("right" if dc > 0 else "left")
+            where = f"moving {way} from the {place(r0, c0)} to the {place(r1, c1)}"
+        else:
+            where = f"at the {place(r0, c0)}"
+        parts.append(f"{'A' if k == 0 else 'Then a'} {colour} {shape} is seen {when}, {where}.")
+    n = len(runs)
+    parts.append(f"{n} appearance{'s' if n != 1 else ''} in all.")
+    return " ".join(parts)
+
+
 def generate(n: int, seed: int = 0, frames: tuple[int, int] = (MIN_FRAMES, MAX_FRAMES), phrasings: bool = True,
              bg: Backgrounds | None = None) -> list[Sample]:
     bg = bg or Backgrounds(None)

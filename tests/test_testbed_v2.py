@@ -340,3 +340,18 @@ def test_auxiliary_losses_train_and_resume(tmp_path, monkeypatch):
     assert set(ckpt["aux"]) == {"cover.weight", "cover.bias", "shape.weight", "shape.bias"}
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert not any("cover" in k or "shape." in k for k in best["model"])
+
+
+def test_committed_weights_read_shapes_and_order():
+    """The committed testbed_v2.pt (projector, newline, LoRA; < 50 MB) loads as the stock class and reads content:
+    on eval's own questions (seed 0, 16 frames, v1's phrasing) it names the brief shape and the first of two shapes
+    far above chance (0.25), as its data card reports."""
+    from tango_prune.testbed.data import generate
+
+    assert v2.WEIGHTS.is_file() and v2.WEIGHTS.stat().st_size < 50e6
+    qa = v2.qa()
+    samples = [s for s in generate(40, seed=0) if s.qtype in ("brief_shape", "order")]
+    with torch.no_grad():
+        inputs = [{k: v for k, v in qa.inputs(s).items() if k != "video_timestamps"} for s in samples]
+        right = [int(qa.choice(qa.model(**x).logits[:, -1:].float()) == s.answer) for x, s in zip(inputs, samples)]
+    assert len(samples) == 16 and sum(right) / len(right) >= 0.6

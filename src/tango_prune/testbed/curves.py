@@ -48,12 +48,12 @@ def plot(runs: list[Path], out: Path, smooth: int = 10) -> None:
                             label=f"{run.name}: {t}", alpha=0.8)
     ax_loss.axhline(CHANCE_LOSS, color="grey", ls=":", label="chance (1.386)")
     ax_acc.axhline(CHANCE_ACC, color="grey", ls=":", label="chance (0.25)")
-    ax_loss.set(xlabel="training clips seen", ylabel=f"loss (running mean of {smooth} logs)", ylim=(1.0, 2.0),
+    ax_loss.set(xlabel="training clips seen", ylabel=f"loss (running mean of {smooth} logs)", ylim=(0.3, 2.0),
                 title="training loss")
     ax_acc.set(xlabel="training clips seen", ylabel="held-out accuracy (100 clips)", ylim=(0, 1),
                title="held-out accuracy, all tokens")
     ax_loss.legend(fontsize=8)
-    ax_acc.legend(fontsize=7, ncol=2)
+    ax_acc.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -259,10 +259,9 @@ def test_trained_state_round_trip(model):
     torch.testing.assert_close(fresh.model.image_newline, model.model.image_newline.to(torch.bfloat16).float())
 
 
-def test_training_writes_a_curve_and_resumes(tmp_path, monkeypatch):
-    """train_v2 on a tiny fake feature cache: 2 steps, then --resume to step 3 continues the same run."""
+def _fake_cache(tmp_path, qtype: str):
+    """A train_v2 feature cache of 3 clips of 8 frames with random features, questions of one type."""
     import json
-    import sys
 
     from tango_prune.testbed import train_v2
 
@@ -272,9 +271,20 @@ def test_training_writes_a_curve_and_resumes(tmp_path, monkeypatch):
                                       shape=(3, data_v2.MAX_FRAMES, train_v2.PATCHES, 384))
     feats[:] = np.random.default_rng(0).standard_normal(feats.shape)
     feats.flush()
-    meta = [{"question": td.TEMPLATES["count"].format(colour="red", shape="circle"), "options": list(td.OPTIONS["count"]),
-             "answer": i % 4, "qtype": "count", "frames": 8} for i in range(3)]
+    meta = [{"question": td.TEMPLATES[qtype].format(colour="red", shape="circle"), "options": list(td.OPTIONS[qtype]),
+             "answer": i % 4, "qtype": qtype, "frames": 8} for i in range(3)]
     (cache / "meta.json").write_text(json.dumps(meta))
+    return cache
+
+
+def test_training_writes_a_curve_and_resumes(tmp_path, monkeypatch):
+    """train_v2 on a tiny fake feature cache: 2 steps, then --resume to step 3 continues the same run."""
+    import json
+    import sys
+
+    from tango_prune.testbed import train_v2
+
+    cache = _fake_cache(tmp_path, "count")
     run = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1", "--batch", "1",
            "--lora", "2", "--log-every", "1", "--eval-every", "100"]
     monkeypatch.setattr(sys, "argv", run + ["--steps", "2"])
@@ -310,15 +320,7 @@ def test_auxiliary_losses_train_and_resume(tmp_path, monkeypatch):
 
     from tango_prune.testbed import train_v2
 
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    feats = np.lib.format.open_memmap(cache / "feats.npy", mode="w+", dtype=np.float16,
-                                      shape=(3, data_v2.MAX_FRAMES, train_v2.PATCHES, 384))
-    feats[:] = np.random.default_rng(0).standard_normal(feats.shape)
-    feats.flush()
-    meta = [{"question": td.TEMPLATES["location"].format(colour="red", shape="circle"),
-             "options": list(td.OPTIONS["location"]), "answer": i % 4, "qtype": "location", "frames": 8} for i in range(3)]
-    (cache / "meta.json").write_text(json.dumps(meta))
+    cache = _fake_cache(tmp_path, "location")
     run = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1", "--batch", "1",
            "--lora", "2", "--log-every", "1", "--eval-every", "100", "--aux", "1", "--caption", "0.5"]
     monkeypatch.setattr(sys, "argv", run + ["--steps", "1"])

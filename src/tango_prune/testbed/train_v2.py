@@ -223,8 +223,9 @@ def train(args) -> None:
         whiten_projector(model, np.concatenate([feats[i, : meta[i]["frames"]] for i in train_idx[:32]]))
     log = open(out / "curve.jsonl", "a")
     params = [p for g in groups for p in g["params"]]
+    start = f"resuming at step {step}" if ckpt else f"from {args.init}" if args.init else "from scratch"
     print(f"trained params {v2.n_trained(model, lora) / 1e6:.2f} M; clips train {len(train_idx)} held-out "
-          f"{len(val_idx)}; {'resuming at step ' + str(step) if ckpt else 'from ' + args.init if args.init else 'from scratch'}", flush=True)
+          f"{len(val_idx)}; {start}", flush=True)
 
     def run(idx, keep=None, caption=False):
         """The letter logits (B, vocab) after each prompt; with caption, also the mean cross-entropy of the caption
@@ -265,8 +266,8 @@ def train(args) -> None:
     def save(best_too: bool) -> None:
         state = v2.trained_state(model, lora)
         tmp = out / "ckpt.pt.tmp"
-        torch.save({"trained": state, "aux": None if aux is None else aux.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed, "best": best,
-                    "rng": rng.bit_generator.state, "args": vars(args)}, tmp)
+        torch.save({"trained": state, "aux": None if aux is None else aux.state_dict(), "opt": opt.state_dict(),
+                    "step": step, "elapsed": elapsed, "best": best, "rng": rng.bit_generator.state, "args": vars(args)}, tmp)
         tmp.replace(ckpt_file)
         if best_too:
             torch.save(state, out / "best.pt")

@@ -203,13 +203,19 @@ def object_labels(key, bg: Backgrounds, qtype: str) -> tuple[np.ndarray, np.ndar
     ``make_sample(np.random.default_rng(key), bg, qtype)``, found by regenerating it and its bare background from
     the same key (the generator is deterministic; make_sample draws its window first), and per frame the index in
     SHAPES of the shape shown in it (-1: none; one shape per frame in every question type)."""
-    import torch
 
     s = make_sample(np.random.default_rng(key), bg, qtype)
     bare = bg.window(np.random.default_rng(key))
-    diff = torch.from_numpy(np.any(s.frames.numpy() != bare, axis=-1).astype(np.float32))  # (16, 224, 224)
-    frac = torch.nn.functional.avg_pool2d(diff[:, None], 28).reshape(FRAMES, 64).numpy()
-    return frac, np.array([SHAPES.index(x) if x else -1 for x in s.shown])
+    return cover_shares(s.frames.numpy(), bare, 8), np.array([SHAPES.index(x) if x else -1 for x in s.shown])
+
+
+def cover_shares(frames: np.ndarray, bare: np.ndarray, grid: int) -> np.ndarray:
+    """(T, grid * grid): the share of each cell of a grid x grid layout in which the frames differ from their bare
+    background, i.e. the composited object's coverage per token."""
+    import torch
+
+    diff = torch.from_numpy(np.any(frames != bare, axis=-1).astype(np.float32))  # (T, H, W)
+    return torch.nn.functional.avg_pool2d(diff[:, None], diff.shape[-1] // grid).reshape(len(diff), grid * grid).numpy()
 
 
 def generate(n: int, seed: int = 0, videos: str | Path | None = None, types: tuple[str, ...] = TYPES) -> list[Sample]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import COLOURS, DIRECTIONS, OBJ, OPTIONS, QUADRANTS, SHAPES, SIZE, TEMPLATES, TYPES, Backgrounds, Sample, _paste
+from .data import COLOURS, cover_shares, DIRECTIONS, OBJ, OPTIONS, QUADRANTS, SHAPES, SIZE, TEMPLATES, TYPES, Backgrounds, Sample, _paste
 
 MIN_FRAMES, MAX_FRAMES = 8, 16
 # Per type: v1's template first (what `tango-prune eval` asks), then other phrasings seen in training.
@@ -132,9 +132,7 @@ def object_labels(seed: int, i: int, bg: Backgrounds, grid: int = 4,
     rng.integers(frames[0], frames[1] + 1)
     rng.integers(len(PHRASINGS[s.qtype]))
     bare = window(bg, rng, s.frames.shape[0])
-    diff = torch.from_numpy(np.any(s.frames.numpy() != bare, axis=-1).astype(np.float32))  # (T, 224, 224)
-    frac = torch.nn.functional.avg_pool2d(diff[:, None], SIZE // grid).reshape(len(diff), grid * grid).numpy()
-    return frac, np.array([SHAPES.index(x) if x else -1 for x in s.shown])
+    return cover_shares(s.frames.numpy(), bare, grid), np.array([SHAPES.index(x) if x else -1 for x in s.shown])
 
 
 def describe(cover: np.ndarray, shapes: np.ndarray, colour: str) -> str:

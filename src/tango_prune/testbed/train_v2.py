@@ -26,6 +26,7 @@ from tango_prune.hardware import default_dtype
 from tango_prune.testbed import data as td
 from tango_prune.testbed import data_v2
 from tango_prune.testbed import v2
+from tango_prune.testbed.losses import OBJECT, aux_loss
 
 PATCHES = (v2.IMAGE // v2.PATCH) ** 2  # 64 ViT patches per frame at 112 px
 FAST_BF16 = default_dtype() == torch.bfloat16  # bf16 only where it is native: emulated, it is ~10x slower
@@ -85,10 +86,8 @@ def masks(args) -> None:
 
 class AuxHeads(torch.nn.Module):
     """Training-only heads on the projected, pooled video tokens (nothing of them is committed): each token predicts
-    how much of its cell the object covers, and, where it covers at least OBJECT, which shape it is. They make the
-    projector carry what the questions ask about before the LM has learnt to read it (v1 needed the same)."""
-
-    OBJECT = 0.05
+    how much of its cell the object covers (v1's aux_loss), and, where it covers at least v1's OBJECT share, which
+    shape it is. They make the projector carry what the questions ask about before the LM has learnt to read it."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -99,8 +98,8 @@ class AuxHeads(torch.nn.Module):
         v = torch.cat(video).float()  # (N, D) every clip's frame tokens, newline excluded
         c = torch.cat(cover).float()
         s = torch.cat(shapes).long()
-        out = torch.nn.functional.binary_cross_entropy_with_logits(self.cover(v)[:, 0], c, pos_weight=torch.tensor(5.0))
-        on = c >= self.OBJECT
+        out = aux_loss(self.cover(v), c)
+        on = c >= OBJECT
         if on.any():
             out = out + torch.nn.functional.cross_entropy(self.shape(v[on]), s[on])
         return out

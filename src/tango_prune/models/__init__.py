@@ -4,7 +4,7 @@ from __future__ import annotations
 from .handle import PruneHandle
 
 SUPPORTED = ("LlavaOnevisionForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration",
-             "Qwen3VLForConditionalGeneration")
+             "Qwen3VLForConditionalGeneration", "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 
 
 def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> PruneHandle:
@@ -33,6 +33,10 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
         from .qwen_vl import Qwen3VLHandle
 
         return Qwen3VLHandle(model, method, retention, **opts)
+    if name in ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration"):
+        from .qwen_vl import Qwen3_5Handle
+
+        return Qwen3_5Handle(model, method, retention, **opts)
     raise ValueError(f"apply() supports {', '.join(SUPPORTED)}; got {name}")
 
 

@@ -1,4 +1,5 @@
-"""Qwen2.5-VL, Qwen2-VL and Qwen3-VL (transformers' Qwen2_5_VL / Qwen2VL / Qwen3VLForConditionalGeneration).
+"""Qwen2.5-VL, Qwen2-VL, Qwen3-VL and Qwen3.5 (transformers' Qwen2_5_VL / Qwen2VL / Qwen3VL / Qwen3_5 /
+Qwen3_5MoeForConditionalGeneration).
 
 Qwen's LLM positions are 3-D (M-RoPE): a video token sits at (t, h, w) and text after a video continues from the
 video's largest position. The stock class computes them from the full placeholder layout, so we compute them the
@@ -11,7 +12,7 @@ timestamp ("<0.5 seconds><|vision_start|>...<|vision_end|>"), so each frame's ru
 tokens (never moved into another frame's run, where text of other times would precede it). Its tower also returns
 "deepstack" features of intermediate ViT levels, which the LLM adds at the video positions of its first layers:
 each level is pruned with the main features' kept rows (``core.carry``: merged rows take the mean of the tokens
-they represent).
+they represent). Qwen3.5 (dense and MoE) is Qwen3-VL without deepstack (``Qwen3_5Handle``).
 """
 from __future__ import annotations
 
@@ -161,20 +162,44 @@ class Qwen3VLHandle(QwenVLHandle):
     def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict, ctx: dict):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
+        frame_runs(videos, kept, ctx)
         levels, a = [[] for _ in ctx["deepstack"]], 0
-        run_full, run_short, run_index = [], [], []
         for v, k in zip(videos, kept):
-            T, H, W = v.grid
-            n = H * W
             for lv, feat in zip(levels, ctx["deepstack"]):
-                lv.append(carry(k, feat[a : a + T * n]))
-            a += T * n
-            frame = torch.div(k.index, n, rounding_mode="floor")
-            counts = torch.bincount(frame, minlength=T).tolist()
-            run_full += [n] * T
-            run_short += counts
-            run_index += list(torch.split(k.index - frame * n, counts))
-        ctx.update(run_full=run_full, run_short=run_short, run_index=run_index)
+                lv.append(carry(k, feat[a : a + v.num_tokens]))
+            a += v.num_tokens
         out = BaseModelOutputWithDeepstackFeatures(pooler_output=tuple(k.features for k in kept),
                                                    deepstack_features=[tuple(lv) for lv in levels])
         return {"mm_encoder_outputs": {"video": out}}, [v.num_tokens for v in videos], [k.num_kept for k in kept]
+
+
+class Qwen3_5Handle(Qwen3VLHandle):
+    """Qwen3.5, dense and MoE (transformers' Qwen3_5 / Qwen3_5MoeForConditionalGeneration). Its tower is Qwen3-VL's
+    (same blocks, rotary helper and merger), its prompt has Qwen3-VL's run per temporal patch and its
+    ``get_rope_index`` splits each video into one-frame grids as Qwen3-VL's does, so saliency, per-frame runs and
+    positions are Qwen3VLHandle's. What differs: the tower has no deepstack levels (it returns the merged features
+    only, and the LLM takes a plain ``BaseModelOutputWithPooling``), so nothing else needs pruning and
+    ``video_tokens=`` works. The hybrid LLM (gated delta net and full attention layers) and the MoE feed-forward
+    sit behind the stock forward and need nothing here."""
+
+    family = "qwen3.5"
+    encode_given = QwenVLHandle.encode_given
+
+    def assemble(self, videos: list[VideoTokens], kept: list[Pruned], kwargs: dict, ctx: dict):
+        frame_runs(videos, kept, ctx)
+        return QwenVLHandle.assemble(self, videos, kept, kwargs, ctx)
+
+
+def frame_runs(videos: list[VideoTokens], kept: list[Pruned], ctx: dict) -> None:
+    """Qwen3-VL / Qwen3.5 give every temporal patch its own placeholder run: size each run to that frame's kept
+    tokens (ctx run_full, run_short) and keep each kept token's index within its frame (run_index)."""
+    run_full, run_short, run_index = [], [], []
+    for v, k in zip(videos, kept):
+        T, H, W = v.grid
+        n = H * W
+        frame = torch.div(k.index, n, rounding_mode="floor")
+        counts = torch.bincount(frame, minlength=T).tolist()
+        run_full += [n] * T
+        run_short += counts
+        run_index += list(torch.split(k.index - frame * n, counts))
+    ctx.update(run_full=run_full, run_short=run_short, run_index=run_index)

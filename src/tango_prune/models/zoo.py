@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("llava-onevision", "qwen2.5-vl", "qwen3-vl")
+FAMILIES = ("llava-onevision", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "qwen3.5-moe")
 
 # token ids of the tiny models (their vocabularies are 400 tokens)
 TINY_IDS = {"pad": 0, "bos": 1, "eos": 2, "vision_end": 395, "vision_start": 396, "image": 397, "video": 398}
@@ -44,6 +44,9 @@ def tiny_model(family: str, seed: int = 0):
     llava-onevision: SigLIP 112 px / 14 -> 8x8 patches, pooled to 4x4 tokens per frame, Qwen2 LLM.
     qwen2.5-vl: 14 px patches, 2x2 merge, temporal patch 2, window attention, M-RoPE sections (2, 3, 3).
     qwen3-vl: 16 px patches, 2x2 merge, temporal patch 2, deepstack from ViT blocks 0 and 1 of 3, interleaved M-RoPE.
+    qwen3.5 / qwen3.5-moe: Qwen3-VL's tower without deepstack; a hybrid LLM of one gated delta net (linear attention)
+    layer then one full attention layer (Qwen3.5's pattern, which repeats 3 linear + 1 full), partial rotary 0.5;
+    the MoE variant has 4 experts, 2 per token, plus the shared expert.
     """
     import transformers as tf
 
@@ -76,4 +79,20 @@ def tiny_model(family: str, seed: int = 0):
             image_token_id=TINY_IDS["image"], video_token_id=TINY_IDS["video"],
             vision_start_token_id=TINY_IDS["vision_start"], vision_end_token_id=TINY_IDS["vision_end"])
         return tf.Qwen3VLForConditionalGeneration(cfg).eval()
+    if family in ("qwen3.5", "qwen3.5-moe"):
+        hybrid = dict(text, head_dim=16, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
+                      linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+                      rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+                                       "rope_theta": 1e4, "partial_rotary_factor": 0.5})
+        moe = family == "qwen3.5-moe"
+        if moe:
+            hybrid.update(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+        cfg = (tf.Qwen3_5MoeConfig if moe else tf.Qwen3_5Config)(
+            text_config=hybrid,
+            vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                               num_position_embeddings=64),
+            image_token_id=TINY_IDS["image"], video_token_id=TINY_IDS["video"],
+            vision_start_token_id=TINY_IDS["vision_start"], vision_end_token_id=TINY_IDS["vision_end"])
+        return (tf.Qwen3_5MoeForConditionalGeneration if moe else tf.Qwen3_5ForConditionalGeneration)(cfg).eval()
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")

@@ -152,3 +152,43 @@ def test_remove_restores_the_stock_model_and_every_method_runs(model):
         h.remove()
     assert torch.equal(model(**kw).logits, logits)
     assert "forward" not in model.__dict__ and "generate" not in model.__dict__
+
+
+# -- bench --arch: the Qwen3.5 shape ---------------------------------------------------------------------------------
+def test_hybrid_prefill_flops_by_hand():
+    from types import SimpleNamespace
+
+    from tango_prune.bench.archs import hybrid_prefill_flops
+
+    t = SimpleNamespace(hidden_size=2, intermediate_size=3, num_attention_heads=1, num_key_value_heads=1, head_dim=2,
+                        linear_num_key_heads=1, linear_key_head_dim=1, linear_num_value_heads=1, linear_value_head_dim=2,
+                        linear_conv_kernel_dim=2, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                        vocab_size=5)
+    # 2 tokens. MLP 2*2*3*2*3 = 72 per layer. Full: q+gate 2*2*(2*4) = 32, k and v 2*2*(2*4) = 32, o 2*2*4 = 16,
+    # causal attention 2*2*3*2 = 24 -> 176. Linear: qkv (4 wide) 2*2*8 = 32, z 2*2*4 = 16, b and a 2*2*4 = 16,
+    # out 2*2*4 = 16, conv 2*2*2*4 = 32, delta rule 2*3*2*1*1*2 = 24 -> 208. LM head 2*2*5 = 20.
+    assert hybrid_prefill_flops(2, t) == 176 + 208 + 20
+
+
+def test_bench_runs_on_a_qwen3_5_shape(monkeypatch, tmp_path):
+    import json
+
+    from tango_prune.bench import archs
+    from tango_prune.cli import main
+
+    fam, vis, txt = archs.ARCHS["qwen3.5-9b"]
+    assert fam == "qwen3" and archs.is_hybrid(txt) and "deepstack_visual_indexes" not in vis
+    assert (txt["hidden_size"], txt["num_hidden_layers"], txt["head_dim"], vis["out_hidden_size"]) == (4096, 32, 256, 4096)
+    tiny_vis = dict(vis, depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                    num_position_embeddings=64)
+    tiny_txt = dict(txt, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, vocab_size=400, linear_num_key_heads=2, linear_num_value_heads=4,
+                    linear_key_head_dim=16, linear_value_head_dim=16)
+    monkeypatch.setitem(archs.ARCHS, "tiny-qwen3.5", ("qwen3", tiny_vis, tiny_txt))
+    out = tmp_path / "b.json"
+    assert main(["bench", "--arch", "tiny-qwen3.5", "--frames", "4", "--methods", "none,tango", "--retention", "0.25",
+                 "--repeats", "1", "--decode-tokens", "2", "--json", str(out), "--quiet"]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["tango"]["flops_llm"] < rows["none"]["flops_llm"] and rows["tango"]["decode_tok_s"] > 0
+    assert main(["bench", "--arch", "tiny-qwen3.5", "--frames", "4", "--methods", "none", "--layers", "2",
+                 "--json", str(out), "--quiet"]) == 2  # 2 layers cannot keep 3 linear + 1 full attention

@@ -16,6 +16,15 @@ Shapes come from the public configs of the checkpoints named here (config.json o
 - Qwen3-VL-8B-Instruct: ViT depth 27, hidden 1152, MLP 4304 (not gated), 16 heads, patch 16, full attention per
   temporal patch, 2x2 merge to 4096, deepstack mergers after blocks 8/16/24; LLM hidden 4096, MLP 12288, 36 layers,
   32 heads of 128, 8 KV heads, vocab 151936, interleaved M-RoPE sections (24, 20, 20), rope theta 5e6.
+- Qwen3.5-9B: its model card (huggingface.co/Qwen/Qwen3.5-9B): LLM hidden 4096, 32 layers laid out as
+  8 x (3 x (Gated DeltaNet -> FFN) -> 1 x (Gated Attention -> FFN)), Gated DeltaNet 32 V / 16 QK heads of 128,
+  Gated Attention 16 Q / 4 KV heads of 256, rotary dimension 64 (= 256 x 0.25), FFN 12288, vocab 248320 (padded);
+  these are also transformers' Qwen3_5TextConfig defaults ("Qwen3.5-9B style"), conv kernel 4. The ViT is Qwen3-VL's
+  without deepstack: depth 27, hidden 1152, MLP 4304, 16 heads, patch 16, 2304 position embeddings, 2x2 merge to
+  4096 (the LLM width); interleaved M-RoPE sections (11, 11, 10), rope theta 1e7. The vision and rope values are
+  read from config.json files of fine-tunes that name Qwen/Qwen3.5-9B as their base and keep its architecture
+  (e.g. khtsly/Mini-Coder) and match transformers' Qwen3_5VisionConfig defaults; the official config.json itself
+  was not at hand.
 """
 from __future__ import annotations
 
@@ -38,6 +47,15 @@ QWEN3_VIT = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=1
 QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=151936)
 
+# Qwen3.5-9B (sources above): Qwen3-VL's ViT without deepstack; a hybrid LLM, 3 Gated DeltaNet layers per full
+# (gated) attention layer
+QWEN35_VIT = {k: v for k, v in QWEN3_VIT.items() if k != "deepstack_visual_indexes"}
+QWEN35_9B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=32, num_attention_heads=16,
+                 num_key_value_heads=4, head_dim=256, vocab_size=248320, linear_num_key_heads=16,
+                 linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4)
+QWEN35_ROPE = {"rope_type": "default", "mrope_section": [11, 11, 10], "mrope_interleaved": True, "rope_theta": 1e7,
+               "partial_rotary_factor": 0.25}
+
 # Qwen2.5-VL-3B-Instruct's public config.json: a 36-layer 2048-wide LLM (tied embeddings) under the same ViT.
 QWEN25_3B = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
@@ -49,6 +67,8 @@ ARCHS = {
     "qwen2.5-vl-3b": ("qwen", dict(QWEN25_VIT, out_hidden_size=2048), QWEN25_3B),
     "qwen2.5-vl-7b": ("qwen", QWEN25_VIT, QWEN2_7B),
     "qwen3-vl-8b": ("qwen3", QWEN3_VIT, QWEN3_8B),
+    # Qwen3.5 lays out prompts and positions as Qwen3-VL does (family "qwen3"); build() tells it by its hybrid LLM
+    "qwen3.5-9b": ("qwen3", QWEN35_VIT, QWEN35_9B),
 }
 
 
@@ -68,6 +88,15 @@ def build(arch: str, dtype, layers: int | None = None, vision_layers: int | None
         cfg = tf.LlavaOnevisionConfig(vision_config=tf.SiglipVisionConfig(**vis), text_config=tf.Qwen2Config(**txt),
                                       image_token_id=V - 3, video_token_id=V - 2, vision_feature_layer=-1)
         cls = tf.LlavaOnevisionForConditionalGeneration
+    elif family == "qwen3" and is_hybrid(txt):
+        if txt["num_hidden_layers"] % 4:
+            raise ValueError(f"{arch}: --layers must be a multiple of 4 (3 linear + 1 full attention layer per 4)")
+        vis = dict(vis, **({"depth": vision_layers} if vision_layers else {}))
+        kinds = (["linear_attention"] * 3 + ["full_attention"]) * (txt["num_hidden_layers"] // 4)
+        cfg = tf.Qwen3_5Config(text_config=dict(txt, layer_types=kinds, rope_parameters=QWEN35_ROPE),
+                               vision_config=vis, image_token_id=V - 3, video_token_id=V - 2,
+                               vision_start_token_id=V - 5, vision_end_token_id=V - 4)
+        cls = tf.Qwen3_5ForConditionalGeneration
     elif family == "qwen3":
         vis = dict(vis, **({"depth": vision_layers} if vision_layers else {}))
         if vision_layers:  # keep a deepstack level per cut model, spread as in the full one
@@ -99,6 +128,11 @@ def build(arch: str, dtype, layers: int | None = None, vision_layers: int | None
             else:
                 p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
     return model.eval(), family
+
+
+def is_hybrid(txt: dict) -> bool:
+    """A Qwen3.5 LLM (Gated DeltaNet layers between the attention layers)?"""
+    return "linear_num_value_heads" in txt
 
 
 def _mrope(txt: dict) -> list[int]:
@@ -135,12 +169,33 @@ def llm_prefill_flops(tokens: int, hidden: int, mlp: int, layers: int, kv_dim: i
     return layers * per_layer + 2 * hidden * vocab
 
 
+def hybrid_prefill_flops(tokens: int, t) -> float:
+    """Matmul FLOPs of a Qwen3.5 prefill (``t``: its text config). Full attention layers: q with its output gate
+    (hidden x 2 heads x head_dim), k and v, o, causal attention; Gated DeltaNet layers: the q/k/v, z, b and a
+    projections, the depthwise conv, out; the delta rule counted in its recurrent form (per token and value head
+    three products with the key_dim x value_dim state: decay-read, update, query-read; the chunked kernel's
+    in-chunk terms are left out); every layer a gated MLP; the LM head on the last token."""
+    T, d = tokens, t.hidden_size
+    qd, kvd = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    kd, vd = t.linear_num_key_heads * t.linear_key_head_dim, t.linear_num_value_heads * t.linear_value_head_dim
+    mlp = 2 * T * 3 * d * t.intermediate_size
+    full = 2 * T * (d * 2 * qd + 2 * d * kvd + qd * d) + 2 * 2 * (T * (T + 1) / 2) * qd + mlp
+    conv = 2 * kd + vd
+    linear = (2 * T * (d * conv + d * vd + 2 * d * t.linear_num_value_heads + vd * d) + 2 * T * t.linear_conv_kernel_dim * conv
+              + 2 * 3 * T * t.linear_num_value_heads * t.linear_key_head_dim * t.linear_value_head_dim + mlp)
+    n_full = sum(k == "full_attention" for k in t.layer_types[: t.num_hidden_layers])
+    return n_full * full + (t.num_hidden_layers - n_full) * linear + 2 * d * t.vocab_size
+
+
 def flops(model, family: str, frames: int, llm_tokens: int) -> tuple[float, float]:
     """(vision FLOPs for ``frames`` frames, LLM prefill FLOPs for a ``llm_tokens``-token prompt) of ``model``."""
     cfg = model.config
     t = cfg.text_config
     kv = t.num_key_value_heads * (t.hidden_size // t.num_attention_heads)
-    llm = llm_prefill_flops(llm_tokens, t.hidden_size, t.intermediate_size, t.num_hidden_layers, kv, t.vocab_size)
+    if "linear_attention" in (getattr(t, "layer_types", None) or ()):
+        llm = hybrid_prefill_flops(llm_tokens, t)
+    else:
+        llm = llm_prefill_flops(llm_tokens, t.hidden_size, t.intermediate_size, t.num_hidden_layers, kv, t.vocab_size)
     v = cfg.vision_config
     if family == "llava":
         n = (v.image_size // v.patch_size) ** 2
@@ -153,7 +208,7 @@ def flops(model, family: str, frames: int, llm_tokens: int) -> tuple[float, floa
         vis = vit_flops(Shape(n, v.hidden_size, v.intermediate_size, v.depth, span=per_frame),
                         3 * v.temporal_patch_size * v.patch_size**2)
         m, h = v.spatial_merge_size**2, v.hidden_size
-        vis += (1 + len(v.deepstack_visual_indexes)) * 2 * (n // m) * (m * h * m * h + m * h * v.out_hidden_size)
+        vis += (1 + len(getattr(v, "deepstack_visual_indexes", None) or ())) * 2 * (n // m) * (m * h * m * h + m * h * v.out_hidden_size)
     else:
         n = math.ceil(frames / v.temporal_patch_size) * 28 * 28  # 392 px frames: 28 x 28 patches per temporal patch
         win = (v.window_size // v.patch_size) ** 2

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
-from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration, Qwen3VLMultiModalProcessor
 from vllm.model_executor.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
@@ -35,6 +35,7 @@ from ...core.carry import carry
 from ...types import Pruned, VideoTokens
 from ...core.saliency import global_query
 from ...models.qwen_vl import patch_times
+from . import positions
 from .saliency import capture_qk
 from .runtime import active_settings, announce, dump, log_once
 from .settings import make_pruner, read_settings
@@ -160,6 +161,11 @@ class TangoQwen2_5_VL(_TangoVideoPruning, Qwen2_5_VLForConditionalGeneration):
 
 
 class _TangoQwen3(_TangoVideoPruning):
+    """Qwen3-VL and its descendants. With pruning on, every image and video embedding leaves with
+    ``positions.encode``'s channels (not vLLM's five), and ``recompute_mrope_positions`` places them with
+    ``positions.place``: exact in any dtype, and the same however prefill chunks cut the prompt (why:
+    ``positions``)."""
+
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
         grid = video_input["video_grid_thw"].tolist()
         merge = self.visual.spatial_merge_size
@@ -177,28 +183,47 @@ class _TangoQwen3(_TangoVideoPruning):
             mask = torch.zeros(t * per_frame, dtype=torch.bool, device=emb.device)
             mask[kept.index] = True
             counts = torch.bincount(kept.index // per_frame, minlength=t).tolist()
-            # vLLM builds the per-frame layout (timestamps, vision start/end) around the kept tokens and gives
-            # each its original position from ``mask``
-            out.append(self._create_final_video_embeddings(
+            # vLLM builds the per-frame layout (timestamps, vision start/end) around the kept tokens; its five
+            # position channels (in the embedding dtype) are replaced by ours, from its exact integer positions
+            final = self._create_final_video_embeddings(
                 video_embeddings=feats, num_tokens_per_frame=counts,
-                timestamps=timestamps, video_grid_thw=size, retention_mask=mask))
+                timestamps=timestamps, video_grid_thw=size, retention_mask=mask)[:, :-5]
+            rel, lead = self._tango_video_positions(counts, timestamps, size, mask, final.device)
+            out.append(torch.cat([final, positions.encode(rel, lead, positions.KIND_VIDEO, final.dtype)], dim=1))
         return tuple(out)
 
+    def _tango_video_positions(self, counts, timestamps, size, mask, device) -> tuple[Tensor, int]:
+        """The (t, h, w) positions vLLM gives the rows of ``_create_final_video_embeddings`` (relative to the first
+        row), as integers, and the number of rows before the first vision start."""
+        cfg = self.config
+        ids = torch.tensor(Qwen3VLMultiModalProcessor.get_video_repl(
+            tokens_per_frame=counts, tokenizer=self._tokenizer, timestamps=timestamps,
+            vision_start_token_id=cfg.vision_start_token_id, vision_end_token_id=cfg.vision_end_token_id,
+            video_token_id=cfg.video_token_id, select_token_id=True).full, device=device)
+        is_start = ids.eq(cfg.vision_start_token_id)
+        rel = self._get_expanded_positions(
+            device=device, seq_len=ids.numel(), video_grid_thw=size, num_tokens_per_frame=counts,
+            timestamps=timestamps, is_video_embed=ids.eq(cfg.video_token_id), is_vision_start=is_start,
+            retention_mask=mask)[:, :3]
+        return rel, int(is_start.nonzero()[0])
+
+    def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
+        if not self.is_multimodal_pruning_enabled:
+            return image_embeds_split
+        merge = self.visual.spatial_merge_size
+        return tuple(
+            torch.cat([emb, positions.encode(compute_mrope_for_media(size, merge)[:, :3], 0, positions.KIND_IMAGE,
+                                             emb.dtype).to(emb.device)], dim=1)
+            for emb, size in zip(image_embeds_split, image_input["image_grid_thw"].tolist()))
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
-        # transformers >= 5.10 expands only the bare video token, so the prompt keeps the template's outer
-        # <|vision_start|> ... <|vision_end|> around the per-frame "<t seconds><|vision_start|>...<|vision_end|>"
-        # groups; vLLM 0.32's recompute takes that outer marker for the first frame's and misplaces the video
-        # (measured: "expanded size of the tensor (0) must match ... (123)"). An outer marker is a vision start
-        # followed by timestamp text; hide those from it (as text they keep their positions).
-        device = multimodal_embeddings[0].device if len(multimodal_embeddings) else mrope_positions.device
-        ids = torch.as_tensor(input_ids, dtype=torch.long, device=device).clone()
+        embeds = [mm[:, :-positions.CHANNELS] for mm in multimodal_embeddings]
+        items = [positions.decode(mm[:, -positions.CHANNELS:]) for mm in multimodal_embeddings]
         cfg = self.config
-        start = ids.eq(cfg.vision_start_token_id)
-        nxt = torch.cat([ids[1:], ids.new_full((1,), -1)])
-        inner = nxt.eq(cfg.video_token_id) | nxt.eq(cfg.image_token_id) | nxt.eq(cfg.vision_end_token_id)
-        ids[start & ~inner] = -1
-        return super().recompute_mrope_positions(ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
+        pos, delta = positions.place(
+            torch.as_tensor(input_ids), items, mrope_positions, num_computed_tokens,
+            vision_start=cfg.vision_start_token_id, video=cfg.video_token_id, image=cfg.image_token_id)
+        return embeds, pos, delta
 
 
 class TangoQwen3VL(_TangoQwen3, Qwen3VLForConditionalGeneration):

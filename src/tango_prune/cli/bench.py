@@ -89,11 +89,29 @@ def _bench_stage(args, methods: list[tuple[str, str, dict]]) -> int:
 def _bench_vllm(args, methods: list[str]) -> int:
     from ..bench.vllm_engine import drive, format_rows
 
+    if args.concurrency:
+        return _bench_vllm_load(args, methods)
     rows = drive(args.arch, args.frames, methods, args.retention, args.repeats, args.px, args.vllm_python,
                  progress=not args.quiet)
     print(format_rows(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"engine": "vllm", "results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_vllm_load(args, methods: list[str]) -> int:
+    from ..bench.vllm_load import drive, format_load
+
+    if len(args.frames) != 1 or len(args.retention) != 1:
+        raise UsageError("--concurrency takes one --frames and one --retention value")
+    if min(args.concurrency) < 1 or args.rounds < 1:
+        raise UsageError("--concurrency values and --rounds must be >= 1")
+    results = drive(args.arch, args.frames[0], methods, args.retention[0], args.concurrency, args.rounds, args.px,
+                    args.vllm_python, progress=not args.quiet)
+    print(format_load(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"engine": "vllm", "load": results}, indent=1))
         print(f"wrote {args.json}")
     return 0
 
@@ -142,4 +160,7 @@ def register(sub) -> None:
                    help="hf: this process, stage by stage; vllm: whole requests through vLLM (qwen2.5-vl-3b/7b)")
     e.add_argument("--vllm-python", default=".venv-vllm/bin/python", help="the vLLM venv's python (--engine vllm)")
     e.add_argument("--px", type=int, default=336, help="frame side in pixels (--engine vllm)")
+    e.add_argument("--concurrency", type=ints_arg, metavar="C1,C2,...",
+                   help="--engine vllm: requests/s and TTFT p50/p95 with C requests in flight (one engine per method)")
+    e.add_argument("--rounds", type=int, default=2, help="--concurrency: requests per level = concurrency x rounds")
     e.set_defaults(func=cmd_bench)

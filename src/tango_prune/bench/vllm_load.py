@@ -62,7 +62,7 @@ async def _levels(engine, concurrency: list[int], rounds: int, frames: int, px: 
         ttfts: list[float] = []
         prompts: list[int] = []
 
-        async def worker():
+        async def worker(todo=todo, ttfts=ttfts, prompts=prompts):  # this level's, bound now
             for _ in todo:
                 t, n = await one()
                 ttfts.append(t)

@@ -15,7 +15,7 @@ from tango_prune.cli import main  # noqa: E402
 from tango_prune.testbed import model as tb  # noqa: E402
 from tango_prune.eval.accuracy import evaluate  # noqa: E402
 from tango_prune.eval.accuracy import testbed_qa as load_qa  # noqa: E402  (a test_ name would be collected)
-from tango_prune.eval.compare import resolve_methods  # noqa: E402
+from tango_prune.methods import resolve_methods  # noqa: E402
 from tango_prune.testbed.data import generate  # noqa: E402
 
 

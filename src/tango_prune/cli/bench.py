@@ -42,7 +42,7 @@ def _other_methods(text: str) -> tuple[str, ...]:
 
 def cmd_bench(args) -> int:
     from ..bench.e2e import format_table, plot, run
-    from ..eval.compare import resolve_methods
+    from ..methods import resolve_methods
 
     if args.llm_stage is not None:
         return _bench_stage(args, resolve_methods(args.methods))

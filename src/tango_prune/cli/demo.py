@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from ..eval.compare import compare, format_table, resolve_methods
+    from ..eval.compare import compare, format_table
+    from ..methods import resolve_methods
     from ..viz import draw_kept
 
     methods = resolve_methods(a.methods)

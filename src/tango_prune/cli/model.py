@@ -29,7 +29,7 @@ def adapter_positions(spec: str, given: str | None) -> dict:
 
         given = POSITIONS
     elif given is None and (Path(spec) / "config.json").is_file():  # an exported testbed says so in its config
-        from ..testbed.model import checkpoint_positions
+        from ..eval.checkpoint import checkpoint_positions
 
         given = checkpoint_positions(json.loads((Path(spec) / "config.json").read_text()))
     return {} if given is None else {"positions": given}
@@ -52,7 +52,7 @@ def resolve_qa(spec: str):
 
 def cmd_eval(args) -> int:
     from ..eval.accuracy import evaluate, format_paired, format_table, paired_differences, plot
-    from ..eval.compare import resolve_methods
+    from ..methods import resolve_methods
     from ..testbed.data import generate
 
     if args.n < 1:
@@ -252,7 +252,7 @@ def _fmt(v: float | None) -> str:
 
 def cmd_fidelity(args) -> int:
     from ..eval.accuracy import evaluate
-    from ..eval.compare import resolve_methods
+    from ..methods import resolve_methods
     from ..testbed.data import generate
     from ..video import SAMPLE_CLIPS
 

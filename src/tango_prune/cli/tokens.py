@@ -35,7 +35,8 @@ def cmd_prune(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..eval.compare import compare, format_table, resolve_methods
+    from ..eval.compare import compare, format_table
+    from ..methods import resolve_methods
     from ..video import SAMPLE_CLIPS, pixel_patch_tokens, sample_clip
 
     methods = resolve_methods(args.methods)
@@ -57,7 +58,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_viz(args) -> int:
-    from ..eval.compare import resolve_methods
+    from ..methods import resolve_methods
     from ..methods import get_method
     from ..video import pixel_patch_tokens
     from ..viz import draw_compare, draw_kept

@@ -20,6 +20,16 @@ SIGLIP = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
+POSITIONS_KEY = "tango_prune_positions"  # config.json entry: how a checkpoint asks to be pruned (the exported testbed)
+
+
+def checkpoint_positions(config) -> str | None:
+    """The positions ("compact" or "original") a checkpoint's config (or its config.json as a dict) asks to be
+    pruned with, or None: read by the CLI and the lmms-eval plugin, written by ``testbed.model.export``."""
+    value = config.get(POSITIONS_KEY) if isinstance(config, dict) else getattr(config, POSITIONS_KEY, None)
+    return value if value in ("compact", "original") else None
+
+
 def _stats(path: Path, default):
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         f = path / name

@@ -48,7 +48,7 @@ class TangoVideoLLM(lmms):
     def __init__(self, pretrained: str, method: str = "tango", retention: float = 0.1, frames: int = 32, fps=None,
                  max_new_tokens=None, device: str = "cpu", dtype: str = "auto", timing_file=None, **kwargs) -> None:
         super().__init__()
-        from ..eval.checkpoint import CheckpointPrompter
+        from ..eval.checkpoint import CheckpointPrompter, checkpoint_positions
         from ..models import apply
         from ..models.zoo import load_model
 
@@ -73,8 +73,6 @@ class TangoVideoLLM(lmms):
                              f"(use --model {other})")
         self.prompter = CheckpointPrompter(self.model, pretrained)
         self.tokenizer = self.prompter.tok
-        from ..testbed.model import checkpoint_positions
-
         if "positions" not in opts and (own := checkpoint_positions(self.model.config)):  # an exported testbed's
             opts["positions"] = own
         # applied once for the model's life; every generate() call then prunes

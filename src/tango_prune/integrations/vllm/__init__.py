@@ -21,13 +21,15 @@ from .runtime import activate, active_settings, announce
 from .settings import Settings, read_settings
 
 SUPPORTED_VLLM = re.compile(r"0\.32(\.|$)")
-# architecture -> our subclass in .qwen. Registered as classes, not "module:class" strings: a string makes vLLM
-# inspect the class in a fresh subprocess (~30 s on a 2-core CPU whenever qwen.py changes), while the modules
-# it needs are imported here anyway to patch the counts.
+# architecture -> our subclass: its name in .qwen, or (module of this package, name). Registered as classes, not
+# "module:class" strings: a string makes vLLM inspect the class in a fresh subprocess (~30 s on a 2-core CPU
+# whenever qwen.py changes), while the modules it needs are imported here anyway to patch the counts.
 MODELS = {
     "Qwen2_5_VLForConditionalGeneration": "TangoQwen2_5_VL",
     "Qwen3VLForConditionalGeneration": "TangoQwen3VL",
     "Qwen3VLMoeForConditionalGeneration": "TangoQwen3VLMoe",
+    "Qwen3_5ForConditionalGeneration": ("qwen3_5", "TangoQwen3_5"),
+    "Qwen3_5MoeForConditionalGeneration": ("qwen3_5", "TangoQwen3_5Moe"),
 }
 # vLLM model modules whose processors size the video placeholders with a module-level count function
 COUNT_HOOKS = {
@@ -117,10 +119,11 @@ def register() -> None:
     from vllm import ModelRegistry
 
     _patch_counts(settings)
-    from . import qwen
+    import importlib
 
-    for arch, cls_name in MODELS.items():
-        ModelRegistry.register_model(arch, getattr(qwen, cls_name))
+    for arch, target in MODELS.items():
+        module, cls_name = target if isinstance(target, tuple) else ("qwen", target)
+        ModelRegistry.register_model(arch, getattr(importlib.import_module(f".{module}", __name__), cls_name))
     _patch_cpu_runner()
     models = list(MODELS)
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_check import DTYPE  # noqa: E402  (Qwen3.5's linear attention runs in bfloat16 only on vLLM's CPU)
 
 QWEN_PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
 TEXTS = ["Describe.", "What moves?", "Count them.", "Where is it?", "Why?", "Say more about the start.", "Go on.", "Colors?"]
@@ -32,6 +33,9 @@ SHAPES = {
                    (2, 224, 224), (10, 112, 448)],
     "qwen3_vl": [(14, 256, 256), (8, 192, 320), (4, 320, 192), (12, 224, 288), (6, 288, 224), (10, 160, 384),
                  (2, 256, 256), (14, 320, 160)],
+    # Qwen3.5's processor is Qwen3-VL's
+    "qwen3_5": [(14, 256, 256), (8, 192, 320), (4, 320, 192), (12, 224, 288), (6, 288, 224), (10, 160, 384),
+                (2, 256, 256), (14, 320, 160)],
     # LLaVA-OV resizes every frame to its 112 px input: requests differ by frame count only
     "llava_ov": [(8, 112, 112), (4, 112, 112), (6, 112, 112), (2, 112, 112), (7, 112, 112), (3, 112, 112),
                  (5, 112, 112), (1, 112, 112)],
@@ -81,7 +85,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     extra = {} if args.rate is None else {"video_pruning_rate": args.rate}
-    llm = LLM(model=args.model, enforce_eager=True, max_model_len=4096, dtype="float32", seed=0,
+    llm = LLM(model=args.model, enforce_eager=True, max_model_len=4096, dtype=DTYPE.get(args.family, "float32"), seed=0,
               max_num_seqs=args.n, enable_prefix_caching=False, limit_mm_per_prompt={"video": 1, "image": 0},
               **({} if args.chunk is None else {"max_num_batched_tokens": args.chunk}), **extra)
     sp = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, logprobs=5)

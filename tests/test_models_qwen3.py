@@ -14,9 +14,9 @@ VIDEO, VSTART, VEND = 398, 396, 395
 STAMP = [7, 8, 9]  # stands for a frame's "<0.5 seconds>" text
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("qwen3-vl")
+@pytest.fixture(scope="module", params=["qwen3-vl", "qwen3-vl-moe"])
+def model(request):
+    return tiny_model(request.param)
 
 
 def inputs(seed=0, t=3, gh=8, gw=8):

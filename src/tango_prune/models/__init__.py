@@ -4,7 +4,8 @@ from __future__ import annotations
 from .handle import PruneHandle
 
 SUPPORTED = ("LlavaOnevisionForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration",
-             "Qwen3VLForConditionalGeneration", "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
+             "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration", "Qwen3_5ForConditionalGeneration",
+             "Qwen3_5MoeForConditionalGeneration")
 
 
 def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> PruneHandle:
@@ -29,7 +30,7 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
         from .qwen_vl import QwenVLHandle
 
         return QwenVLHandle(model, method, retention, **opts)
-    if name == "Qwen3VLForConditionalGeneration":
+    if name in ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"):  # same tower and layout
         from .qwen_vl import Qwen3VLHandle
 
         return Qwen3VLHandle(model, method, retention, **opts)

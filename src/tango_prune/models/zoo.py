@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("llava-onevision", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "qwen3.5-moe")
+FAMILIES = ("llava-onevision", "qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe", "qwen3.5", "qwen3.5-moe")
 
 # token ids of the tiny models (their vocabularies are 400 tokens)
 TINY_IDS = {"pad": 0, "bos": 1, "eos": 2, "vision_end": 395, "vision_start": 396, "image": 397, "video": 398}
@@ -43,7 +43,8 @@ def tiny_model(family: str, seed: int = 0):
 
     llava-onevision: SigLIP 112 px / 14 -> 8x8 patches, pooled to 4x4 tokens per frame, Qwen2 LLM.
     qwen2.5-vl: 14 px patches, 2x2 merge, temporal patch 2, window attention, M-RoPE sections (2, 3, 3).
-    qwen3-vl: 16 px patches, 2x2 merge, temporal patch 2, deepstack from ViT blocks 0 and 1 of 3, interleaved M-RoPE.
+    qwen3-vl: 16 px patches, 2x2 merge, temporal patch 2, deepstack from ViT blocks 0 and 1 of 3, interleaved M-RoPE;
+    qwen3-vl-moe the same with an MoE LLM (4 experts, 2 per token).
     qwen3.5 / qwen3.5-moe: Qwen3-VL's tower without deepstack; a hybrid LLM of one gated delta net (linear attention)
     layer then one full attention layer (Qwen3.5's pattern, which repeats 3 linear + 1 full), partial rotary 0.5;
     the MoE variant has 4 experts, 2 per token, plus the shared expert.
@@ -69,16 +70,18 @@ def tiny_model(family: str, seed: int = 0):
             image_token_id=TINY_IDS["image"], video_token_id=TINY_IDS["video"],
             vision_start_token_id=TINY_IDS["vision_start"], vision_end_token_id=TINY_IDS["vision_end"])
         return tf.Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    if family == "qwen3-vl":
-        cfg = tf.Qwen3VLConfig(
+    if family in ("qwen3-vl", "qwen3-vl-moe"):
+        moe = family == "qwen3-vl-moe"
+        extra = dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2) if moe else {}
+        cfg = (tf.Qwen3VLMoeConfig if moe else tf.Qwen3VLConfig)(
             text_config=dict(text, head_dim=16, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
-                                                                 "mrope_interleaved": True, "rope_theta": 1e4}),
+                                                                 "mrope_interleaved": True, "rope_theta": 1e4}, **extra),
             vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                                patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
                                num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
             image_token_id=TINY_IDS["image"], video_token_id=TINY_IDS["video"],
             vision_start_token_id=TINY_IDS["vision_start"], vision_end_token_id=TINY_IDS["vision_end"])
-        return tf.Qwen3VLForConditionalGeneration(cfg).eval()
+        return (tf.Qwen3VLMoeForConditionalGeneration if moe else tf.Qwen3VLForConditionalGeneration)(cfg).eval()
     if family in ("qwen3.5", "qwen3.5-moe"):
         hybrid = dict(text, head_dim=16, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
                       linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,

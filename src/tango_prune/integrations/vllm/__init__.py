@@ -20,7 +20,9 @@ import re
 from .runtime import activate, active_settings, announce
 from .settings import Settings, read_settings
 
-SUPPORTED_VLLM = re.compile(r"0\.32(\.|$)")
+# (major, minor) of the oldest and newest vLLM the plugin starts on, both included; what each release is tested
+# with: docs/vllm.md "Versions" (engine runs on 0.31 and 0.32 CPU builds; 0.33, 0.34 checked against their source)
+SUPPORTED_VLLM = ((0, 31), (0, 34))
 # architecture -> our subclass: its name in .qwen, or (module of this package, name). Registered as classes, not
 # "module:class" strings: a string makes vLLM inspect the class in a fresh subprocess (~30 s on a 2-core CPU
 # whenever qwen.py changes), while the modules it needs are imported here anyway to patch the counts.
@@ -44,10 +46,16 @@ def _check_version() -> str:
     import vllm
 
     version = getattr(vllm, "__version__", "unknown")
-    if not SUPPORTED_VLLM.match(version):
-        raise RuntimeError(f"tango-prune's vLLM plugin supports vLLM 0.32.x, found {version}; "
-                           f"install vllm 0.32 (scripts/setup_vllm.sh) or unset TANGO_PRUNE_METHOD")
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if not m or not SUPPORTED_VLLM[0] <= (int(m[1]), int(m[2])) <= SUPPORTED_VLLM[1]:
+        raise RuntimeError(f"tango-prune's vLLM plugin supports vLLM {supported_range()}, found {version}; install "
+                           f"vllm in that range (scripts/setup_vllm.sh) or unset TANGO_PRUNE_METHOD")
     return version
+
+
+def supported_range() -> str:
+    (a, b), (c, d) = SUPPORTED_VLLM
+    return f"{a}.{b} to {c}.{d}"
 
 
 def _retained_count(settings: Settings):
@@ -71,7 +79,7 @@ def _patch_counts(settings: Settings) -> None:
         for name in names:
             if not callable(getattr(module, name, None)):
                 raise RuntimeError(f"tango-prune: {module_name}.{name} is missing in this vLLM; the plugin cannot "
-                                   f"size video placeholders (supported: vLLM 0.32.x)")
+                                   f"size video placeholders (supported: vLLM {supported_range()})")
             setattr(module, name, fn)
             if getattr(module, name) is not fn:  # a read-only or proxied namespace would defeat the count
                 raise RuntimeError(f"tango-prune: could not replace {module_name}.{name}")
@@ -135,6 +143,9 @@ def register() -> None:
     if llava_ov is not None and hasattr(llava_ov, "register_llava_onevision"):
         llava_ov.register_llava_onevision()
         models.append("LlavaOnevisionForConditionalGeneration")
+    from .coverage import refuse_uncovered  # vLLM-prunable architectures not in `models` refuse to start
+
+    refuse_uncovered(models, version)
     _registered = True
     activate(settings, f"tango-prune {__import__('tango_prune').__version__} active (vLLM {version}): "
                        f"{settings.describe()}; models: {', '.join(models)}; kept share = 1 - --video-pruning-rate")

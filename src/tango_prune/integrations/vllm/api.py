@@ -1,0 +1,153 @@
+"""Every vLLM name the plugin replaces, subclasses, overrides, calls or reads, as data, in one place.
+
+``scripts/vllm_api_check.py WHEEL_OR_DIR...`` checks each against a vLLM release's *source* (a wheel it never
+installs or imports, or an installed ``site-packages``), so a new release can be judged before it is installed.
+Whoever changes the plugin's use of vLLM changes this list in the same commit: a name used but not listed is a
+name no check guards.
+
+A ``Need`` is ``module:Qual.name`` plus what the plugin needs of it:
+
+  module  the module exists
+  name    a module-level name is bound (defined, imported, or exported by the module's ``__getattr__``)
+  class   it is a class (followed through imports)
+  exact   a function or method (found along the class's bases in that release) with exactly these parameter
+          names: what the plugin overrides or replaces is called by vLLM with vLLM's own arguments
+  call    the plugin calls it: ``params`` = (number of positional arguments, self included, then the keyword
+          names); it must bind them like Python would
+  attr    the class (or a base) defines it: a method, a class-level name, or ``self.<attr> = ...`` in a method
+  reads   a method of the class (or a base) reads ``self.<attr>`` (what the plugin sets must be used)
+  hook    a module-level function the plugin *replaces* (vLLM's plugin hook): exact parameters, and the module
+          calls it through its global name, so replacing the module attribute takes effect
+
+``platform="cpu"``: needed only where vLLM runs on CPU (the CPU-runner replacement); skipped for CUDA wheels.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+M = "vllm.model_executor.models."
+Q25 = M + "qwen2_5_vl:"
+Q3 = M + "qwen3_vl:"
+LOV = M + "llava_onevision:"
+
+
+class Need(NamedTuple):
+    name: str
+    kind: str
+    params: tuple = ()
+    platform: str = "any"
+    used_in: str = ""
+
+
+def _model(cls: str, used_in: str) -> list[Need]:
+    """What every model subclass needs of its vLLM base: the class and its keyword-only constructor."""
+    return [Need(cls, "class", used_in=used_in), Need(f"{cls}.__init__", "call", (1, "vllm_config", "prefix"), used_in=used_in)]
+
+
+NEEDS: tuple[Need, ...] = (
+    # __init__.py: version, count hooks, registry, CPU runner
+    Need("vllm:__version__", "name", used_in="__init__"),
+    Need("vllm:ModelRegistry", "name", used_in="__init__"),
+    Need(M + "registry:_ModelRegistry.register_model", "call", (3,), used_in="__init__, llava_ov"),
+    Need(M + "registry:_ModelRegistry.models", "attr", used_in="llava_ov, coverage"),
+    Need(M + "registry:_VLLM_MODELS", "name", used_in="coverage"),
+    Need(Q25 + "compute_retained_tokens_count", "hook", ("tokens_per_frame", "num_frames", "q"), used_in="__init__"),
+    Need(Q3 + "compute_retained_tokens_count", "hook", ("tokens_per_frame", "num_frames", "q"), used_in="__init__"),
+    Need(Q3 + "vidcom2_compute_retained_tokens_count", "hook", ("tokens_per_frame", "num_frames", "q"), used_in="__init__"),
+    Need("vllm.platforms:current_platform", "name", used_in="__init__"),
+    Need("vllm.platforms.interface:Platform.is_cpu", "call", (1,), used_in="__init__"),
+    Need("vllm.v1.worker.cpu_worker:CPUModelRunner", "class", platform="cpu", used_in="__init__"),
+    Need("vllm.v1.worker.cpu_worker:CPUModelRunner.load_model", "exact", ("self", "load_dummy_weights"), "cpu", "__init__"),
+    Need("vllm.v1.worker.cpu_worker:CPUModelRunner.get_model", "call", (1,), "cpu", "__init__"),
+    Need("vllm.v1.worker.cpu_worker:CPUModelRunner.model_config", "attr", platform="cpu", used_in="__init__"),
+    Need("vllm.v1.worker.cpu_worker:CPUModelRunner.is_multimodal_pruning_enabled", "reads", platform="cpu",
+         used_in="__init__ (the runner must act on the flag the plugin sets)"),
+    Need("vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled", "call", (1,), used_in="__init__, coverage"),
+    Need("vllm.config.multimodal:MultiModalConfig.video_pruning_rate", "attr", used_in="llava_ov"),
+    Need("vllm.logger:init_logger", "call", (1,), used_in="runtime, llava_ov"),
+    Need("vllm.distributed:tensor_model_parallel_all_reduce", "call", (1,), used_in="qwen, llava_ov"),
+    # cli/serve.py: the module `tango-prune serve` runs (python -m; what `vllm serve` starts)
+    Need("vllm.entrypoints.launchers.api_server.entry:main", "call", (0,), used_in="cli/serve"),
+    # qwen.py: Qwen2.5-VL
+    *_model(Q25 + "Qwen2_5_VLForConditionalGeneration", "qwen"),
+    Need(Q25 + "Qwen2_5_VLForConditionalGeneration._process_video_input", "exact", ("self", "video_input"), used_in="qwen"),
+    Need(Q25 + "Qwen2_5_VLForConditionalGeneration._postprocess_video_embeds_evs", "exact",
+         ("self", "video_embeds_split", "video_input"), used_in="qwen"),
+    *(Need(Q25 + f"Qwen2_5_VLForConditionalGeneration.{a}", "attr", used_in="qwen")
+      for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config", "use_data_parallel")),
+    Need(Q25 + "Qwen2_5_VisionTransformer.prepare_encoder_metadata", "call", (2,), used_in="qwen"),
+    Need(Q25 + "Qwen2_5_VisionTransformer.blocks", "attr", used_in="qwen"),
+    Need(Q25 + "Qwen2_5_VisionTransformer.spatial_merge_size", "attr", used_in="qwen"),
+    Need(Q25 + "Qwen2_5_VisionBlock.attn", "attr", used_in="qwen"),
+    *(Need(Q25 + f"Qwen2_5_VisionAttention.{a}", "attr", used_in="qwen, saliency")
+      for a in ("attn", "num_attention_heads_per_partition", "tp_size")),
+    Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention", "class", used_in="saliency"),
+    Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention.forward_native", "call",
+         (1, "query", "key", "value"), used_in="saliency (the pre-hook reads query/key)"),
+    Need("vllm.multimodal.video_prune.evs:compute_mrope_for_media", "call", (2, "tokens_per_second", "video_second_per_grid"),
+         used_in="qwen"),
+    # qwen.py: Qwen3-VL (dense, MoE)
+    *_model(Q3 + "Qwen3VLForConditionalGeneration", "qwen"),
+    *_model(M + "qwen3_vl_moe:Qwen3VLMoeForConditionalGeneration", "qwen"),
+    Need(Q3 + "Qwen3VLForConditionalGeneration._process_video_input", "exact", ("self", "video_input"), used_in="qwen"),
+    Need(Q3 + "Qwen3VLForConditionalGeneration._postprocess_video_embeds_evs", "exact",
+         ("self", "video_embeds_split", "video_input"), used_in="qwen"),
+    Need(Q3 + "Qwen3VLForConditionalGeneration._postprocess_image_embeds_evs", "exact",
+         ("self", "image_embeds_split", "image_input"), used_in="qwen"),
+    Need(Q3 + "Qwen3VLForConditionalGeneration._create_final_video_embeddings", "call",
+         (1, "video_embeddings", "num_tokens_per_frame", "timestamps", "video_grid_thw", "retention_mask"), used_in="qwen"),
+    Need(Q3 + "Qwen3VLForConditionalGeneration._get_expanded_positions", "call",
+         (1, "device", "seq_len", "video_grid_thw", "num_tokens_per_frame", "timestamps", "is_video_embed",
+          "is_vision_start", "retention_mask"), used_in="qwen"),
+    Need(Q3 + "Qwen3VLForConditionalGeneration.recompute_mrope_positions", "exact",
+         ("self", "input_ids", "multimodal_embeddings", "mrope_positions", "num_computed_tokens"), used_in="qwen"),
+    *(Need(Q3 + f"Qwen3VLForConditionalGeneration.{a}", "attr", used_in="qwen")
+      for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config", "use_data_parallel",
+                "_tokenizer")),
+    Need(Q3 + "Qwen3VLMultiModalProcessor.get_video_repl", "call",
+         (0, "tokens_per_frame", "timestamps", "tokenizer", "vision_start_token_id", "vision_end_token_id", "video_token_id",
+          "select_token_id"), used_in="qwen"),
+    Need(Q3 + "Qwen3_VisionTransformer.blocks", "attr", used_in="qwen"),
+    Need(Q3 + "Qwen3_VisionTransformer.spatial_merge_size", "attr", used_in="qwen"),
+    Need(Q3 + "Qwen3_VisionBlock.attn", "attr", used_in="qwen"),
+    # qwen3_5.py: Qwen3.5 (dense, MoE) with qwen.py's Qwen3 mixin
+    *_model(M + "qwen3_5:Qwen3_5ForConditionalGeneration", "qwen3_5"),
+    *_model(M + "qwen3_5:Qwen3_5MoeForConditionalGeneration", "qwen3_5"),
+    # llava_ov.py
+    Need(LOV + "LlavaOnevisionProcessingInfo.__init__", "call", (2,), used_in="llava_ov"),
+    Need(LOV + "LlavaOnevisionProcessingInfo.get_num_video_tokens", "exact",
+         ("self", "*", "image_width", "image_height", "num_frames"), used_in="llava_ov"),
+    Need(LOV + "LlavaOnevisionProcessingInfo._get_num_frame_tokens", "call", (1, "image_width", "image_height"),
+         used_in="llava_ov"),
+    Need(LOV + "LlavaOnevisionMultiModalProcessor", "class", used_in="llava_ov"),
+    Need(LOV + "LlavaOnevisionDummyInputsBuilder", "class", used_in="llava_ov"),
+    *_model(LOV + "LlavaOnevisionForConditionalGeneration", "llava_ov"),
+    Need(LOV + "LlavaOnevisionForConditionalGeneration._process_video_pixels", "exact", ("self", "inputs"), used_in="llava_ov"),
+    Need(LOV + "LlavaOnevisionForConditionalGeneration._video_pixels_to_features", "call", (3,), used_in="llava_ov"),
+    Need(LOV + "LlavaOnevisionForConditionalGeneration.apply_pooling", "call", (2,), used_in="llava_ov"),
+    *(Need(LOV + f"LlavaOnevisionForConditionalGeneration.{a}", "attr", used_in="llava_ov")
+      for a in ("image_newline", "vision_tower", "config", "multimodal_config")),
+    Need("vllm.multimodal:MULTIMODAL_REGISTRY", "name", used_in="llava_ov"),
+    Need("vllm.multimodal.registry:MultiModalRegistry.register_processor", "call", (2, "info", "dummy_inputs"),
+         used_in="llava_ov"),
+    Need("vllm.multimodal.processing:InputProcessingContext.get_mm_config", "call", (1,), used_in="llava_ov"),
+    *(Need(M + f"siglip:SiglipAttention.{a}", "attr", used_in="models.saliency (LLaVA-OV's tower)")
+      for a in ("qkv_proj", "num_heads_per_partition", "scale")),
+)
+
+# Architectures vLLM itself can prune (their class, or a base, declares SupportsMultiModalPruning or sets
+# supports_multimodal_pruning): those the plugin does not cover refuse to start while TANGO_PRUNE_METHOD is set
+# (``coverage``). ``vllm_api_check.py`` fails on a release that can prune an architecture missing here.
+# Found in 0.31.0, 0.32.0, 0.33.0 and 0.34.0 (the last two add Alpamayo2Super and ClefFlashForJointSchema).
+PRUNABLE_ARCHS: frozenset[str] = frozenset({
+    "Alpamayo2Super", "ClefFlashForJointSchema", "CohereCompassForConditionalGeneration", "ColQwen3", "ColQwen3_5",
+    "Cosmos3ForConditionalGeneration", "Exaone4_5_ForConditionalGeneration", "InternS1ProForConditionalGeneration",
+    "InternS2MobiusForConditionalGeneration", "InternS2PreviewForConditionalGeneration",
+    "NemotronH_Nano_Omni_Reasoning_V3", "NemotronH_Nano_VL_V2", "NemotronH_Omni_Reasoning_V3",
+    "NemotronH_Super_Omni_Reasoning_V3", "OpenCUAForConditionalGeneration", "OpsColQwen3Model",
+    "Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
+    "Qwen3VLNemotronEmbedModel", "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration",
+    "Qwen4ExpForConditionalGeneration",
+})
+
+__all__ = ["NEEDS", "Need", "PRUNABLE_ARCHS"]

@@ -12,7 +12,7 @@ from .common import Parser, UsageError
 
 
 def build_parser() -> Parser:
-    from . import bench, model, tokens
+    from . import bench, model, serve, tokens
 
     p = Parser(prog="tango-prune", description="Visual-token pruning for Video LLMs (Tango and peers).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -21,6 +21,7 @@ def build_parser() -> Parser:
     model.register(sub)
     model.register_run(sub)
     model.register_fidelity(sub)
+    serve.register(sub)  # parses its own arguments; the rest go to vLLM
     # the demo parses its own options (tango-prune demo --help)
     sub.add_parser("demo", help="decode a real clip, prune its tokens, draw what was kept", add_help=False)
     return p
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import demo
 
             return demo.main(rest)
+        if args.command == "serve":
+            from . import serve
+
+            return serve.main(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args.func(args)

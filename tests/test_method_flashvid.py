@@ -20,7 +20,7 @@ def scenes(lengths, L=36, D=16, noise=0.3, seed=0):
 
 
 def test_equals_the_release_on_its_own_function():
-    """scripts/flashvid_vectors.py ran flashvid/utils.py flashvid_compression (density noise zeroed)."""
+    """scripts/measure/flashvid_vectors.py ran flashvid/utils.py flashvid_compression (density noise zeroed)."""
     cases = torch.load(VECTORS, weights_only=False)["cases"]
     matched = 0
     for c in cases:

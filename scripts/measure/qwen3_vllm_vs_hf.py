@@ -1,9 +1,11 @@
-"""Where stock vLLM and stock transformers first disagree on a tiny Qwen3-VL checkpoint (no pruning).
+"""Made docs/vllm.md's Qwen3-VL finding: video features 0.02 apart with no pruning, found at the pixel normalisation.
+
+Where stock vLLM and stock transformers first disagree on a tiny Qwen3-VL checkpoint (no pruning).
 
 Run with the vLLM venv's python (vLLM and transformers in one process):
 
     VLLM_PLUGINS= VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 \\
-        .venv-vllm/bin/python scripts/qwen3_vllm_vs_hf.py [CKPT_DIR] [--no-device-normalize]
+        .venv-vllm/bin/python scripts/measure/qwen3_vllm_vs_hf.py [CKPT_DIR] [--no-device-normalize]
 
 Without CKPT_DIR it builds tests/vllm/tiny.py's checkpoint in a temporary folder. The same 16 frames and prompt as
 tests/vllm/engine_check.py go through vLLM (hooks on its tower and LLM) and through transformers; each stage is
@@ -24,7 +26,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_PLUGINS", "")  # stock vLLM: our plugin not loaded
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "vllm"))
 from engine_check import PROMPT, video  # noqa: E402
 

@@ -1,7 +1,7 @@
-"""FlashVID's release on fixed inputs, for tests/test_method_flashvid.py.
+"""Made tests/data/flashvid_vectors.pt: FlashVID's release on fixed inputs, which tests/test_method_flashvid.py matches.
 
     git clone https://github.com/Fanziyang-v/FlashVID /tmp/FlashVID     # any checkout of the authors' release
-    python scripts/flashvid_vectors.py --release /tmp/FlashVID --out tests/data/flashvid_vectors.pt
+    python scripts/measure/flashvid_vectors.py --release /tmp/FlashVID --out tests/data/flashvid_vectors.pt
 
 Runs the release's own vision-side compression, flashvid/utils.py ``flashvid_compression`` (DySeg, ADTS, TSTM),
 and its ``segment``. Their package __init__ patches transformers/LLaVA model classes, so we import the three

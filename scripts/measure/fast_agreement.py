@@ -1,6 +1,8 @@
-"""Kept-set agreement (Jaccard) of similarity="fast" with the exact reference on the golden inputs.
+"""Made docs/benchmarks.md's fast-mode agreement on the golden inputs: Jaccard 0.963-1.000 against the exact mode.
 
-    .venv/bin/python scripts/fast_agreement.py [GOLDEN_DIR]   (default ../shared/golden)
+Kept-set agreement (Jaccard) of similarity="fast" with the exact reference on the golden inputs.
+
+    .venv/bin/python scripts/measure/fast_agreement.py [GOLDEN_DIR]   (default ../shared/golden)
 """
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ import torch
 
 from tango_prune import TangoConfig, VideoTokens, prune_video_tokens
 
-golden = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "golden")
+golden = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[3] / "shared" / "golden")
 for path in sorted(golden.glob("*.pt")):
     g = torch.load(path, weights_only=False)
     if "params" not in g:

@@ -4,9 +4,9 @@ One engine per run (tests/vllm/batch_check.py): 8 video requests of different fr
 first each alone, then all 8 in one ``generate`` call (max_num_seqs 8). The prefill budget is small, so the
 scheduler cuts prompts into chunks, at different places alone and in the batch: that is what made Qwen3-VL answers
 depend on their batch (a chunk resuming inside a pruned video got shifted M-RoPE positions; see
-integrations/vllm/positions.py). Families: Qwen2.5-VL, Qwen3-VL, Qwen3.5 (bfloat16) and LLaVA-OV. Each also runs
+integrations/vllm/positions.py). Families: Qwen2.5-VL, Qwen3-VL, Qwen3.5 dense and MoE (bfloat16) and LLaVA-OV. Each also runs
 stock (plugin not loaded, no pruning), which must be invariant the same way: the premise the plugin is held to.
-~4 min on 2 CPU cores.
+~5 min on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ RATE = 0.9
 N = 8
 # max_num_batched_tokens: below every pruned Qwen prompt (42-201 tokens) and the LLaVA ones (7-20), so most
 # prompts are cut, alone and in the batch, at different places
-CHUNK = {"qwen2_5_vl": 48, "qwen3_vl": 48, "qwen3_5": 48, "llava_ov": 8}
+CHUNK = {"qwen2_5_vl": 48, "qwen3_vl": 48, "qwen3_5": 48, "qwen3_5_moe": 48, "llava_ov": 8}
 FAMILIES = list(CHUNK)
 LOGPROB_TOL = 1e-4  # fp32; stock vLLM measured within 1e-6 (batched matmuls of other shapes)
 # Qwen3.5 runs in bfloat16 (vLLM's CPU linear attention takes nothing else): stock vLLM's own log-probs move by up to
 # 4e-3 between alone and batched, and near-ties reorder the top 5; the greedy tokens stay equal
-BF16 = {"qwen3_5"}
+BF16 = {"qwen3_5", "qwen3_5_moe"}
 BF16_TOL = 2e-2
 
 

@@ -28,14 +28,13 @@ TEXTS = ["Describe.", "What moves?", "Count them.", "Where is it?", "Why?", "Say
 # processors keep each frame's area near a fixed budget (Qwen2.5-VL: 224^2; Qwen3-VL: 16 x 256^2 over all frames),
 # so the grids differ through the aspect ratio and the frame count. At most 448 unpruned tokens a video: the
 # encoder cache stock vLLM sizes from its dummy video holds no more.
+QWEN3_SHAPES = [(14, 256, 256), (8, 192, 320), (4, 320, 192), (12, 224, 288), (6, 288, 224), (10, 160, 384),
+                (2, 256, 256), (14, 320, 160)]
 SHAPES = {
     "qwen2_5_vl": [(14, 224, 224), (8, 168, 308), (4, 308, 168), (10, 196, 252), (6, 252, 196), (12, 140, 364),
                    (2, 224, 224), (10, 112, 448)],
-    "qwen3_vl": [(14, 256, 256), (8, 192, 320), (4, 320, 192), (12, 224, 288), (6, 288, 224), (10, 160, 384),
-                 (2, 256, 256), (14, 320, 160)],
     # Qwen3.5's processor is Qwen3-VL's
-    "qwen3_5": [(14, 256, 256), (8, 192, 320), (4, 320, 192), (12, 224, 288), (6, 288, 224), (10, 160, 384),
-                (2, 256, 256), (14, 320, 160)],
+    "qwen3_vl": QWEN3_SHAPES, "qwen3_5": QWEN3_SHAPES, "qwen3_5_moe": QWEN3_SHAPES,
     # LLaVA-OV resizes every frame to its 112 px input: requests differ by frame count only
     "llava_ov": [(8, 112, 112), (4, 112, 112), (6, 112, 112), (2, 112, 112), (7, 112, 112), (3, 112, 112),
                  (5, 112, 112), (1, 112, 112)],

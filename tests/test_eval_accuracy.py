@@ -14,7 +14,8 @@ from tango_prune import apply  # noqa: E402
 from tango_prune.cli import main  # noqa: E402
 from tango_prune.testbed import model as tb  # noqa: E402
 from tango_prune.eval.accuracy import evaluate  # noqa: E402
-from tango_prune.eval.accuracy import testbed_qa as load_qa  # noqa: E402  (a test_ name would be collected)
+from tango_prune.testbed.qa import testbed_qa as load_qa  # noqa: E402  (a test* name would be collected)
+from tango_prune.testbed.variants import V1  # noqa: E402
 from tango_prune.methods import resolve_methods  # noqa: E402
 from tango_prune.testbed.data import generate  # noqa: E402
 
@@ -22,7 +23,7 @@ from tango_prune.testbed.data import generate  # noqa: E402
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("tb") / "random.pt"
-    torch.save(tb.trained_state(tb.build(seed=1)), path)  # untrained: the numbers mean nothing, the plumbing does
+    torch.save(tb.trained_state(V1, tb.build(V1, seed=1)), path)  # untrained: the numbers mean nothing, the plumbing does
     return path
 
 
@@ -32,7 +33,7 @@ def samples():
 
 
 def test_rows_and_encode_once_equals_a_plain_call(weights, samples):
-    qa = load_qa(weights)
+    qa = load_qa(V1, weights)
     rows = evaluate(qa, samples, resolve_methods("tango,uniform"), [0.1, 0.2], progress=False)
     assert [(r["method"], r["retention"]) for r in rows] == [
         ("none", 1.0), ("tango", 0.1), ("tango", 0.2), ("uniform", 0.1), ("uniform", 0.2)]

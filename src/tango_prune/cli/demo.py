@@ -59,19 +59,21 @@ def _run(a: argparse.Namespace) -> int:
     if not path.is_file():
         raise ValueError(f"video file not found: {path}")
     if not (a.no_model or a.tokens == "pixels"):
-        from ..testbed.model import WEIGHTS
         from ..testbed.data import TYPES
+        from ..testbed.variants import V1
+
+        weights = V1.weights
 
         if a.question not in TYPES:
             raise ValueError(f"--question must be one of {', '.join(TYPES)}, got {a.question!r}")
-        if WEIGHTS.is_file():
+        if weights.is_file():
             from . import demo_qa
 
             if a.frames != 16:
                 print("note: the testbed model reads 16 frames; --frames applies with --no-model", file=sys.stderr)
 
             return demo_qa.run(path, a.question, a.seed, methods[0][1], a.retention, Path(a.output))
-        print(f"note: no testbed weights at {WEIGHTS}; showing what is kept, without answers", file=sys.stderr)
+        print(f"note: no testbed weights at {weights}; showing what is kept, without answers", file=sys.stderr)
     t0 = time.perf_counter()
     frames, vt, source = _tokens(a, path)
     T, L, D = vt.features.shape

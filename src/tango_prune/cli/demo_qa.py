@@ -21,20 +21,21 @@ def question_on(path: Path, qtype: str, seed: int):
 
 def answer_both(sample, method: str, retention: float) -> dict:
     """Answers, counts and TTFT with all tokens and with ``method``; the pruned output for the picture."""
-    from ..testbed import model as tb
     from ..methods import get_method
     from ..models import apply
+    from ..testbed.model import load
+    from ..testbed.prompt import answer, inputs as testbed_inputs
+    from ..testbed.variants import V1
 
-    model, _ = tb.load_testbed()
-    inputs = {"input_ids": tb.input_ids(sample), "pixel_values_videos": tb.pixel_values(sample.frames).to(model.dtype),
-              "video_timestamps": [sample.timestamps]}
+    model, _ = load(V1)
+    inputs = testbed_inputs(V1, sample, model.dtype)
     rows = {}
     with torch.no_grad():
         for name, r in (("none", 1.0), (method, retention)):
-            with apply(model, method=name, retention=r, positions=tb.POSITIONS) as h:
+            with apply(model, method=name, retention=r, positions=V1.positions) as h:
                 model(**inputs)  # warm-up: first calls pay one-off allocation costs
                 t = time.perf_counter()
-                k = tb.answer(model(**inputs).logits)
+                k = answer(V1, model(**inputs).logits)
                 rows[name] = {"answer": k, "ttft_s": time.perf_counter() - t, **h.last_stats[0]}
             if name != "none":
                 with apply(model, method="none", retention=1.0) as h0:

@@ -13,21 +13,19 @@ from .common import retention_arg, retentions_arg
 
 
 def is_testbed(spec: str) -> bool:
-    return spec == "testbed" or is_testbed_v2(spec) or (spec.endswith(".pt") and Path(spec).is_file())
+    """'testbed', 'testbed-v2', 'NAME:FILE' (that testbed's weights or a training checkpoint) or a v1 .pt file."""
+    from ..testbed.variants import resolve
 
-
-def is_testbed_v2(spec: str) -> bool:
-    """'testbed-v2' (the committed v2 weights) or 'testbed-v2:FILE' (v2 weights or a train_v2 checkpoint)."""
-    return spec == "testbed-v2" or spec.startswith("testbed-v2:")
+    return resolve(spec) is not None
 
 
 def adapter_positions(spec: str, given: str | None) -> dict:
-    """apply() options for --positions: the user's choice, else the testbed's own (see testbed.POSITIONS; an exported
+    """apply() options for --positions: the user's choice, else the testbed's own (see testbed.variants; an exported
     testbed dir carries it in its config.json), else the adapter's default."""
     if given is None and is_testbed(spec):
-        from ..testbed.model import POSITIONS
+        from ..testbed.variants import resolve
 
-        given = POSITIONS
+        given = resolve(spec)[0].positions
     elif given is None and (Path(spec) / "config.json").is_file():  # an exported testbed says so in its config
         from ..eval.checkpoint import checkpoint_positions
 
@@ -36,17 +34,15 @@ def adapter_positions(spec: str, given: str | None) -> dict:
 
 
 def resolve_qa(spec: str):
-    """'testbed' (the committed testbed model) or a local checkpoint dir -> QA."""
-    from ..eval.accuracy import checkpoint_qa, testbed_qa
+    """A testbed spec (is_testbed) or a local checkpoint dir -> QA."""
+    from ..testbed.qa import checkpoint_qa, testbed_qa
+    from ..testbed.variants import resolve
 
-    if is_testbed_v2(spec):
-        from ..testbed import v2
-
-        return v2.qa(spec.partition(":")[2] or None)
     if is_testbed(spec):
-        return testbed_qa(None if spec == "testbed" else spec)
+        return testbed_qa(*resolve(spec))
     if not Path(spec).is_dir():
-        raise ValueError(f"--model must be 'testbed', a testbed weights file (.pt) or a checkpoint dir; {spec!r} is none")
+        raise ValueError(f"--model must be 'testbed', 'testbed-v2', a testbed weights file (.pt) or a checkpoint dir; "
+                         f"{spec!r} is none")
     return checkpoint_qa(spec)
 
 
@@ -129,10 +125,14 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
 
     if not question.strip():
         raise ValueError("the question is empty; pass the question as the second argument, in quotes")
-    testbed = model_spec == "testbed" or model_spec.endswith(".pt")
+    testbed = is_testbed(model_spec)
     if testbed:
-        from ..testbed import model as tb
+        from ..testbed import prompt
         from ..testbed.data import match_question
+        from ..testbed.model import load
+        from ..testbed.variants import resolve
+
+        variant, weights = resolve(model_spec)
 
         _, options = match_question(question)  # before the slow part: a question it cannot answer fails at once
     else:
@@ -143,10 +143,10 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
     if testbed and not quiet:  # after the checks, so an error stays the only line
         print(TESTBED_NOTE, file=sys.stderr)
     if testbed:
-        model, _ = tb.load_testbed(None if model_spec == "testbed" else model_spec)
+        model, _ = load(variant, weights)
         clip = _square(clip)
-        inputs = {"input_ids": tb.input_ids((question, options), clip.shape[0] * 64 + 1),
-                  "pixel_values_videos": tb.pixel_values(clip).to(model.dtype), "video_timestamps": [ts]}
+        inputs = {"input_ids": prompt.input_ids(variant, (question, options), clip.shape[0]),
+                  "pixel_values_videos": prompt.pixel_values(variant, clip).to(model.dtype), "video_timestamps": [ts]}
     else:
         from ..eval.checkpoint import CheckpointPrompter
         from ..hardware import default_dtype
@@ -162,7 +162,7 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
         if testbed:
             logits = model(**inputs).logits[:, -1:]
             ttft = time.perf_counter() - t0
-            k = tb.answer(logits)
+            k = prompt.answer(variant, logits)
             text = f"({'ABCD'[k]}) {options[k]}"
         else:
             first = []
@@ -208,7 +208,7 @@ def register_run(sub) -> None:
     r = sub.add_parser("run", help="answer a question about a video file, with a method applied")
     r.add_argument("video", nargs="?")
     r.add_argument("question", nargs="?")
-    r.add_argument("--model", default="testbed", help="testbed, a testbed .pt, or a local checkpoint dir")
+    r.add_argument("--model", default="testbed", help="testbed, testbed-v2[:FILE], a testbed .pt, or a local checkpoint dir")
     r.add_argument("--method", default="tango")
     r.add_argument("--retention", type=retention_arg, default=0.1)
     r.add_argument("--frames", type=int, help="frames sampled evenly (default 16 for the testbed, 32 otherwise)")
@@ -292,7 +292,7 @@ def cmd_fidelity(args) -> int:
 def register_fidelity(sub) -> None:
     f = sub.add_parser("fidelity", help="label-free fidelity: KL / top-1 of the model's answers, and token coverage "
                                         "on the real ViT's features of real clips")
-    f.add_argument("--model", default="testbed", help="testbed, a testbed .pt, or a local checkpoint dir")
+    f.add_argument("--model", default="testbed", help="testbed, testbed-v2[:FILE], a testbed .pt, or a local checkpoint dir")
     f.add_argument("--methods", default="all", help="'all' or names, with options as name:key=value")
     f.add_argument("--retention", type=retentions_arg, default=[0.1, 0.2])
     f.add_argument("--n", type=int, default=100, help="prompts for the model part (0 skips it)")

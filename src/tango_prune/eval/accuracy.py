@@ -9,47 +9,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from ..hardware import default_dtype
 from ..methods import get_method
-from ..testbed.data import TYPES, Sample
 
 
 @dataclass
 class QA:
-    """What the eval needs from a model: its inputs for a sample and the option (0-3) its logits choose."""
+    """What the eval needs from a model: its inputs for a sample and the option (0-3) its logits choose. A sample is
+    anything with ``qtype`` and ``answer`` that ``inputs`` understands (the testbed's ``data.Sample``; the testbed
+    builds its QAs in ``testbed.qa``)."""
 
     model: object
-    inputs: Callable[[Sample], dict]
+    inputs: Callable[[Any], dict]
     choice: Callable[[torch.Tensor], int]
     name: str = "model"
-
-
-def testbed_qa(weights=None) -> QA:
-    from ..testbed import model as tb
-
-    model, _ = tb.load_testbed(weights)
-    dtype = next(model.parameters()).dtype
-
-    def inputs(s: Sample) -> dict:
-        return {"input_ids": tb.input_ids(s), "pixel_values_videos": tb.pixel_values(s.frames).to(dtype),
-                "video_timestamps": [s.timestamps]}
-
-    return QA(model, inputs, tb.answer, "testbed")
-
-
-def checkpoint_qa(path) -> QA:
-    """A local LLaVA-OV / Qwen2-VL / Qwen2.5-VL checkpoint dir, asked the testbed's questions in the same words."""
-    from ..models.zoo import load_model
-    from .checkpoint import CheckpointPrompter
-    from ..testbed.model import prompt_text
-
-    model = load_model(path, dtype=default_dtype())
-    p = CheckpointPrompter(model, path)
-    return QA(model, lambda s: p.inputs(s.frames, s.timestamps, prompt_text(s.question, s.options)), p.choice, str(path))
 
 
 def _jobs(methods, retentions):
@@ -64,10 +40,10 @@ def _jobs(methods, retentions):
 
 
 @torch.no_grad()
-def evaluate(qa: QA, samples: list[Sample], methods: list[tuple[str, str, dict]], retentions: list[float],
+def evaluate(qa: QA, samples: list, methods: list[tuple[str, str, dict]], retentions: list[float],
              progress: bool = True, adapter_opts: dict | None = None) -> list[dict]:
     """One row per (method, retention), 'none' (retention 1.0) first; see the module docstring. ``adapter_opts``
-    go to every ``apply`` (e.g. ``positions``)."""
+    go to every ``apply`` (e.g. ``positions``). ``by_type`` lists the question types in the order they first appear."""
     from tqdm import tqdm
 
     from ..models import apply
@@ -109,8 +85,7 @@ def evaluate(qa: QA, samples: list[Sample], methods: list[tuple[str, str, dict]]
             handle.remove()
         n = len(samples)
         rows.append({"method": label, "retention": r, "accuracy": sum(correct) / n, "n": n,
-                     "by_type": {t: sum(v) / len(v) for t, v in sorted(
-                         by_type.items(), key=lambda kv: TYPES.index(kv[0]) if kv[0] in TYPES else 99)},
+                     "by_type": {t: sum(v) / len(v) for t, v in by_type.items()},
                      "kl": sum(kl) / n, "top1_agreement": sum(agree) / n, "tokens_kept_mean": sum(kept) / n,
                      "llm_seconds_mean": secs / n, "correct": correct})
     bar.close()

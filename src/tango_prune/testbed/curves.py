@@ -1,5 +1,5 @@
-"""Training curves of testbed v2 runs as one picture: training loss (whole-vocabulary cross-entropy on the answer
-letter, a running mean) and held-out accuracy per question type, against the number of clips seen.
+"""Training curves of testbed runs (``train --dir``) as one picture: training loss (the answer letter's
+cross-entropy, a running mean) and held-out accuracy per question type, against the number of clips seen.
 
     python -m tango_prune.testbed.curves out/testbed_v2/run2 out/testbed_v2/run3 --out docs/testbed_v2_curves.png
 """
@@ -18,7 +18,7 @@ def read(run: Path) -> tuple[list[dict], int]:
     """(the curve's records, the run's batch size from its checkpoint; 1 when there is none)."""
     f = run / "curve.jsonl"
     if not f.is_file():
-        raise SystemExit(f"no curve.jsonl in {run}; pass a train_v2 --dir")
+        raise SystemExit(f"no curve.jsonl in {run}; pass a train --dir")
     batch = 1
     if (run / "ckpt.pt").is_file():
         import torch
@@ -62,7 +62,7 @@ def plot(runs: list[Path], out: Path, smooth: int = 10) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="train_v2 --dir folders (curve.jsonl, ckpt.pt)")
+    ap.add_argument("runs", nargs="+", help="train --dir folders (curve.jsonl, ckpt.pt)")
     ap.add_argument("--out", default="testbed_v2_curves.png")
     ap.add_argument("--smooth", type=int, default=10, help="running mean over this many logged losses")
     a = ap.parse_args()

@@ -1,6 +1,6 @@
 """Why does the testbed fail under pruning? Separate lost content from a changed layout (length and positions).
 
-    python -m tango_prune.testbed.layout_probe --n 150 [--weights FILE] [--methods tango,uniform,random,topk]
+    python -m tango_prune.testbed.layout_probe --n 150 [--weights SPEC] [--methods tango,uniform,random,topk]
 
 On the same questions (seed 0), with the tower run once: (a) a share of the video tokens replaced by their frame's
 mean token, length and positions unchanged; (b) `random` dropping that share, positions compacted as
@@ -15,9 +15,10 @@ import dataclasses
 
 import torch
 
-from tango_prune.eval.accuracy import testbed_qa
-from tango_prune.testbed.data import generate
 from tango_prune.models.llava_ov import LlavaOnevisionHandle
+from tango_prune.testbed.data import generate
+from tango_prune.testbed.qa import testbed_qa
+from tango_prune.testbed.variants import resolve
 
 
 def main() -> None:
@@ -25,14 +26,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--shares", default="0.2,0.5", help="shares of the video tokens replaced or dropped")
     ap.add_argument("--methods", default="tango,uniform,random,topk", help="methods compared at 10%%")
-    ap.add_argument("--weights", default=None, help="a testbed .pt (default: the committed one), or testbed-v2[:FILE]")
+    ap.add_argument("--weights", default="testbed", help="testbed (default), testbed-v2, NAME:FILE or a v1 .pt")
     a = ap.parse_args()
-    if a.weights and a.weights.startswith("testbed-v2"):
-        from tango_prune.testbed import v2
-
-        qa = v2.qa(a.weights.partition(":")[2] or None)
-    else:
-        qa = testbed_qa(a.weights)
+    v, weights = resolve(a.weights) or (None, None)
+    if v is None:
+        raise SystemExit(f"--weights: {a.weights!r} names no testbed")
+    qa = testbed_qa(v, weights)
     samples = generate(a.n, seed=0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """Training-only losses of tango_prune.testbed.train (nothing of them is committed with the weights): the dense
-object-coverage target, and the attention supervision that keeps the answer's reading off the background."""
+object-coverage and shape targets, and the attention supervision that keeps the answer's reading off the background."""
 from __future__ import annotations
 
 import torch
@@ -13,6 +13,25 @@ def aux_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 OBJECT = 0.05  # a video token whose cell the object covers at least this much counts as the object's
+
+
+class Heads(torch.nn.Module):
+    """Training-only heads on video tokens (the projector's output, or an LM layer's states at the video positions):
+    each token predicts how much of its cell the object covers (``aux_loss``), and, where that is at least
+    ``shape_min``, which shape it is (4-way CE). They make the projector carry what the questions ask about before
+    the LM has learnt to read it."""
+
+    def __init__(self, width: int, shapes: int = 4) -> None:
+        super().__init__()
+        self.cover = torch.nn.Linear(width, 1)
+        self.shape = torch.nn.Linear(width, shapes)
+
+    def losses(self, tokens: torch.Tensor, cover: torch.Tensor, shapes: torch.Tensor, shape_min: float):
+        """(coverage loss, shape loss) over (N, D) tokens with their (N,) coverage and shape index (-1: none)."""
+        x = tokens.float()
+        on = (cover >= shape_min) & (shapes >= 0)
+        shape = torch.nn.functional.cross_entropy(self.shape(x[on]), shapes[on]) if on.any() else x.new_zeros(())
+        return aux_loss(self.cover(x), cover.float()), shape
 
 
 class AttentionTap:

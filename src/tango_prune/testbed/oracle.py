@@ -1,6 +1,6 @@
 """How much can any pruner keep on the testbed? An object oracle against real methods, same questions.
 
-    python -m tango_prune.testbed.oracle --n 200 --retention 0.1,0.2 [--methods tango,uniform,random] [--weights FILE]
+    python -m tango_prune.testbed.oracle --n 200 --retention 0.1,0.2 [--methods tango,uniform,random] [--weights SPEC]
 
 The oracle knows where the composited object is (the generator regenerates each clip without it): at ratio r it
 keeps the tokens the object covers most (a token counts when over 5% of its cell is object), up to the budget
@@ -15,11 +15,11 @@ import argparse
 import numpy as np
 import torch
 
-from tango_prune.testbed import model as tb
-from tango_prune.testbed import data as td
-from tango_prune.eval.accuracy import testbed_qa
 from tango_prune.methods.common import exact_count, finish
 from tango_prune.models.llava_ov import LlavaOnevisionHandle
+from tango_prune.testbed import data as td
+from tango_prune.testbed.qa import testbed_qa
+from tango_prune.testbed.variants import resolve
 
 
 def oracle_index(fraction: np.ndarray, budget: int) -> torch.Tensor:
@@ -47,20 +47,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retention", default="0.1,0.2")
     ap.add_argument("--methods", default="tango,uniform,random")
-    ap.add_argument("--weights", default=None, help="a testbed .pt (default: the committed one), or testbed-v2[:FILE]")
+    ap.add_argument("--weights", default="testbed", help="testbed (default), testbed-v2, NAME:FILE or a v1 .pt")
     a = ap.parse_args()
-    v2 = bool(a.weights and a.weights.startswith("testbed-v2"))  # --weights testbed-v2[:FILE]: v2's 4 x 4 grid
-    if v2:
-        from tango_prune.testbed import v2 as tb2
-
-        qa = tb2.qa(a.weights.partition(":")[2] or None)
-    else:
-        qa = testbed_qa(a.weights)
-    samples = td.generate(a.n, seed=a.seed)
+    v, weights = resolve(a.weights) or (None, None)
+    if v is None:
+        raise SystemExit(f"--weights: {a.weights!r} names no testbed")
+    qa = testbed_qa(v, weights)
     bg = td.Backgrounds(None)
-    fractions = [td.object_fraction([a.seed, i], bg, s.qtype) for i, s in enumerate(samples)]
-    if v2:  # each 4 x 4 token covers 2 x 2 of v1's 8 x 8 cells
-        fractions = [f.reshape(-1, 4, 2, 4, 2).mean((2, 4)).reshape(len(f), 16) for f in fractions]
+    samples = td.generate(a.n, seed=a.seed, bg=bg)
+    fractions = [td.object_labels(td.V1, a.seed, i, bg, v.grid)[0] for i in range(len(samples))]
     with torch.no_grad():
         h = LlavaOnevisionHandle(qa.model, "none", 1.0)
         enc = [(inp, h.encode_videos(**inp)) for inp in (qa.inputs(s) for s in samples)]
@@ -83,10 +78,10 @@ def main() -> None:
             def set_index(handle, i, vt, r=r):
                 handle.index = oracle_index(fractions[i], exact_count(r, vt.num_tokens))
 
-            with OracleHandle(qa.model, "none", 1.0, positions=tb.POSITIONS) as h:
+            with OracleHandle(qa.model, "none", 1.0, positions=v.positions) as h:
                 print(f"object oracle @ {r:g}  {score(h, set_index)}", flush=True)
             for m in (x for x in a.methods.split(",") if x):
-                with LlavaOnevisionHandle(qa.model, m, r, positions=tb.POSITIONS) as h:
+                with LlavaOnevisionHandle(qa.model, m, r, positions=v.positions) as h:
                     print(f"{m} @ {r:g}{' ' * max(1, 13 - len(m))}{score(h)}", flush=True)
 
 

@@ -90,3 +90,25 @@ def test_no_import_cycles():
 def test_no_file_over_the_limit():
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def _edges(graph: dict[str, set[str]], src: str, dst: str) -> list[tuple[str, str]]:
+    """Imports from modules of package ``src`` (e.g. "eval") of modules of package ``dst``."""
+    def inside(m: str, pkg: str) -> bool:
+        return m == f"tango_prune.{pkg}" or m.startswith(f"tango_prune.{pkg}.")
+
+    return sorted((m, t) for m, targets in graph.items() if inside(m, src) for t in targets if inside(t, dst))
+
+
+def test_eval_and_testbed_depend_one_way():
+    """eval/ holds harnesses for any model, testbed/ one model built on them (or the other way): never both, which
+    is how a two-way dependency starts before it becomes a cycle."""
+    g = import_graph()
+    both = _edges(g, "eval", "testbed"), _edges(g, "testbed", "eval")
+    assert not all(both), f"eval -> testbed {both[0]} and testbed -> eval {both[1]}"
+
+
+def test_the_engine_plugins_do_not_import_the_testbed():
+    """An engine integration (lmms-eval, vLLM) runs real checkpoints; the testbed is ours alone."""
+    found = _edges(import_graph(), "integrations", "testbed")
+    assert not found, f"integrations import the testbed: {found}"

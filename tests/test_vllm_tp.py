@@ -1,0 +1,201 @@
+"""The vLLM plugin under tensor parallelism: ``tensor_parallel_size=2`` gives what one process gives.
+
+vLLM splits the vision tower's attention heads across the tensor-parallel ranks, so each worker sees only its own
+heads' queries and keys; the saliency (Qwen's per-frame global query, LLaVA-OV's attention received) sums heads and
+must be all-reduced across ranks, or each rank would score, and keep, other tokens. One engine per family and size
+(tests/vllm/tp_check.py): 4 video requests of different frame counts and grids in one ``generate`` call, Tango at
+rate 0.9, on the tiny checkpoints (vision towers of 2 heads: 1 per rank at tp 2; the tests assert the split).
+Compared, tp 2 against tp 1 on the same checkpoint and videos: the prompt ids, the greedy tokens and their top-5
+log-probs, and per video (the workers' TANGO_PRUNE_DEBUG_DIR records, both ranks) the saliency source, the saliency
+and the kept indices. Also ``mm_encoder_tp_mode="data"`` (the tower replicated, each rank encoding whole videos):
+the plugin falls back to the feature saliency, logged.
+
+vLLM's CPU backend binds each worker's OpenMP threads to its own cores: on a 2-core machine tp 2 stops at start-up
+("Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers") unless VLLM_CPU_OMP_THREADS_BIND names one
+core per rank ("0|1"; here the first two cores this process may use). On 2 cores a family's tp-1 and tp-2 engines
+take 45-55 s together (tp 2 twice tp 1: its workers are spawned processes that import vLLM), ~100 s when other jobs
+share the cores; the module 4.5 minutes (9 under load):
+    .venv/bin/python -m pytest tests/test_vllm_tp.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+
+import pytest
+import torch
+
+from tango_prune import VideoTokens
+from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
+from tests.test_vllm import SCRIPTS, need_vllm, vllm_run
+
+RATE = 0.9
+N = 4  # requests in the one generate call: 4 grids of 2-14 frames (tests/vllm/batch_check.py SHAPES)
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava_ov"]
+# the saliency each family's tower gives on these checkpoints: never the feature fall-back
+SOURCE = {"qwen2_5_vl": "qwen-global-query", "qwen3_vl": "qwen-global-query", "qwen3_5": "qwen-global-query",
+          "llava_ov": "attention-received"}  # LLaVA-OV without a SigLIP head, no CLS token: attention received
+VIDEO_TOKEN = {"llava_ov": 398}  # zoo.TINY_IDS["video"]; the Qwen checkpoints' <|video_pad|> (tests/vllm/tiny.py)
+QWEN_VIDEO_TOKEN = 262
+BF16 = {"qwen3_5"}  # vLLM's CPU Gated DeltaNet kernel takes bfloat16 only (tests/vllm/engine_check.py DTYPE)
+# tp 1 vs tp 2, measured: fp32 log-probs within 4.8e-7, saliency within 3.7e-9 (values ~1e-2), tower features within
+# 6e-8; bfloat16 (Qwen3.5) log-probs within 4.1e-3 (near ties swap places in the top 5), saliency within 6e-6.
+# A rank without the all-reduce scores with half the heads: its saliency is off by ~1e-2
+LOGPROB_TOL = {False: 1e-4, True: 1e-2}
+SALIENCY_TOL = {False: 1e-6, True: 1e-4}
+FALLBACK_DP = "feature-distinctiveness (data-parallel vision tower)"
+
+
+def bind_two_cores() -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for 2 ranks: one core each, the first two this process may run on."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return f"{cpus[0]}|{cpus[1 % len(cpus)]}"
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    need_vllm()
+    root = tmp_path_factory.mktemp("vllm-tp-ckpt")
+    for family in FAMILIES:
+        args = [str(SCRIPTS / "check_llava.py"), "build", str(root / family)] if family == "llava_ov" else \
+            [str(SCRIPTS / "tiny.py"), str(root / family), family]
+        p, _ = vllm_run(args, {})
+        assert p.returncode == 0, p.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(ckpts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm-tp-runs")
+    cache: dict[str, dict] = {}
+
+    def get(family: str, tp: int, encoder_mode: str | None = None) -> dict:
+        key = f"{family}-tp{tp}" + (f"-{encoder_mode}" if encoder_mode else "")
+        if key not in cache:
+            out, dump = root / f"{key}.json", root / f"{key}-dump"
+            args = [str(SCRIPTS / "tp_check.py"), "--family", family, "--model", str(ckpts / family), "--out",
+                    str(out), "--tp", str(tp), "--rate", str(RATE), "--n", str(N)]
+            args += ["--mm-encoder-tp-mode", encoder_mode] if encoder_mode else []
+            env = {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_DEBUG_DIR": str(dump)}
+            if tp > 1:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = bind_two_cores()
+            p, secs = vllm_run(args, env, timeout=600)
+            assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]
+            res = json.loads(out.read_text())
+            # per worker process: grid -> its last record (every request has its own grid)
+            per_pid: dict[int, dict] = defaultdict(dict)
+            for f in sorted(dump.glob("*.pt")):
+                d = torch.load(f)
+                per_pid[int(f.name.split("-")[0])][tuple(d["grid"])] = d
+            res.update(records=dict(per_pid), seconds=secs, log=p.stdout + p.stderr)
+            cache[key] = res
+        return cache[key]
+
+    return get
+
+
+def expected_video_tokens(family: str, grid) -> int:
+    T, H, W = grid
+    k = kept_count(Settings("tango", {}), H * W, T, 1.0 - RATE)
+    return k + 1 if family == "llava_ov" else k  # LLaVA-OV: the kept tokens, then one newline
+
+
+def rank_records(res: dict) -> list[dict]:
+    """Each rank's records (grid -> record), in rank order; every rank must have written some."""
+    pids = [r["pid"] for r in sorted(res["ranks"], key=lambda r: r["rank"])]
+    missing = [p for p in pids if p not in res["records"]]
+    assert not missing, f"ranks with pids {missing} wrote no debug record (records from {sorted(res['records'])})"
+    return [res["records"][p] for p in pids]
+
+
+def logged_sources(log: str) -> dict[int, set[str]]:
+    """tp rank -> the saliency sources its worker logged ("(Worker_TP1 pid=..) INFO .. saliency source: X")."""
+    out: dict[int, set[str]] = defaultdict(set)
+    for m in re.finditer(r"\(Worker_TP(\d+) pid=\d+\).*tango-prune: saliency source: (.+)", log):
+        out[int(m[1])].add(m[2].strip())
+    return dict(out)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vision_tower_is_sharded(runs, family):
+    """The premise: at tp 2 the tower's attention really is split, one head of the two on each rank (this rank's
+    fused qkv projection half as wide as tp 1's), and the plugin's class runs on both ranks."""
+    one, two = runs(family, 1)["ranks"], runs(family, 2)["ranks"]
+    assert len(one) == 1 and one[0]["local_heads"] == one[0]["vision_heads"] and one[0]["world"] == 1
+    assert sorted(r["rank"] for r in two) == [0, 1] and len({r["pid"] for r in two}) == 2
+    for r in two:
+        assert r["world"] == 2 and r["attn_tp_size"] == 2 and not r["data_parallel_tower"], r
+        assert r["vision_heads"] % 2 == 0 and r["local_heads"] == r["vision_heads"] // 2 >= 1, r
+        assert r["qkv_width"] == 3 * r["local_heads"] * r["head_dim"] == one[0]["qkv_width"] // 2, r
+        assert r["model_class"] == one[0]["model_class"] and r["model_class"].startswith("Tango"), r
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tp2_answers_equal_tp1(runs, family):
+    """tp 2 gives every request of the batch the prompt (so the kept count), the greedy tokens and the top-5
+    log-probs of tp 1; each video's prompt holds exactly the kept count of its grid (pruning did happen)."""
+    one, two = runs(family, 1), runs(family, 2)
+    bf16 = family in BF16
+    assert len(one["requests"]) == len(two["requests"]) == N
+    grids = rank_records(two)[0]
+    token = VIDEO_TOKEN.get(family, QWEN_VIDEO_TOKEN)
+    counts = sorted(r["prompt_token_ids"].count(token) for r in two["requests"])
+    assert counts == sorted(expected_video_tokens(family, g) for g in grids), (counts, sorted(grids))
+    for i, (a, b) in enumerate(zip(one["requests"], two["requests"])):
+        assert a["prompt_token_ids"] == b["prompt_token_ids"], f"request {i}: prompts differ"
+        assert a["generated"] == b["generated"], f"request {i}: tp 1 {a['generated']} vs tp 2 {b['generated']}"
+        for step, (sa, sb) in enumerate(zip(a["top5"], b["top5"])):
+            lb = dict((t, lp) for t, lp in sb)
+            if not bf16:  # in bfloat16 near ties may swap places: compare the ids both top 5s hold
+                assert [t for t, _ in sa] == [t for t, _ in sb], f"request {i} step {step}"
+            common = [(lp, lb[t]) for t, lp in sa if t in lb]
+            assert len(common) >= 3 and max(abs(x - y) for x, y in common) <= LOGPROB_TOL[bf16], \
+                f"request {i} step {step}: {sa} vs {sb}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tp2_keeps_tp1_tokens(runs, family):
+    """Per video, on both ranks: the tower's own saliency (never the feature fall-back), equal across ranks and to
+    tp 1's, and the kept indices of tp 1, which are our pruner's on the recorded inputs. Without the all-reduce each
+    rank scores with its own head only: this fails (shown by removing it in a copy of the source)."""
+    one, two = runs(family, 1), runs(family, 2)
+    (ref,) = rank_records(one)
+    ranks = rank_records(two)
+    assert len(ref) == N and all(set(r) == set(ref) for r in ranks), (sorted(ref), [sorted(r) for r in ranks])
+    if family != "llava_ov":  # the Qwen classes log their saliency source once per process: each rank does
+        assert logged_sources(two["log"]) == {0: {SOURCE[family]}, 1: {SOURCE[family]}}
+    prune = make_pruner(Settings("tango", {}), 1.0 - RATE)
+    tol = SALIENCY_TOL[family in BF16]
+    for grid, a in ref.items():
+        assert a["saliency_source"] == SOURCE[family] and a["saliency"] is not None, (grid, a["saliency_source"])
+        for rank, recs in enumerate(ranks):
+            b = recs[grid]
+            where = f"grid {grid}, rank {rank}"
+            assert b["saliency_source"] == SOURCE[family] and b["saliency"] is not None, (where, b["saliency_source"])
+            assert torch.equal(b["saliency"], ranks[0][grid]["saliency"]), f"{where}: ranks scored differently"
+            gap = float((b["saliency"] - a["saliency"]).abs().max())
+            assert gap <= tol, f"{where}: saliency differs from tp 1 by {gap:.2e} (values ~{a['saliency'].mean():.1e})"
+            assert torch.equal(b["index"], a["index"]), f"{where}: kept indices differ from tp 1's"
+            out = prune(VideoTokens(b["features"], b["saliency"], b["grid"], b["timestamps"]))
+            assert torch.equal(out.index, b["index"]), f"{where}: not our pruner's selection"
+
+
+def test_data_parallel_tower_falls_back_to_features(runs):
+    """``mm_encoder_tp_mode="data"`` (Qwen2.5-VL, tp 2): the tower is not split (all heads on each rank) and each
+    rank encodes whole videos; the plugin does not read q/k there and scores by features on both ranks, logged.
+    Counts, hence prompts, stay those of tp 1; the kept set is our pruner's without saliency."""
+    one, dp = runs("qwen2_5_vl", 1), runs("qwen2_5_vl", 2, "data")
+    for r in dp["ranks"]:
+        assert r["data_parallel_tower"] and r["attn_tp_size"] == 1 and r["local_heads"] == r["vision_heads"], r
+    assert [r["prompt_token_ids"] for r in dp["requests"]] == [r["prompt_token_ids"] for r in one["requests"]]
+    assert logged_sources(dp["log"]) == {0: {FALLBACK_DP}, 1: {FALLBACK_DP}}
+    prune = make_pruner(Settings("tango", {}), 1.0 - RATE)
+    ranks = rank_records(dp)
+    assert all(len(r) == N for r in ranks)
+    for recs in ranks:
+        for grid, d in recs.items():
+            assert d["saliency_source"] == FALLBACK_DP and d["saliency"] is None, (grid, d["saliency_source"])
+            out = prune(VideoTokens(d["features"], None, d["grid"], d["timestamps"]))
+            assert torch.equal(out.index, d["index"]) and torch.equal(d["index"], ranks[0][grid]["index"]), grid

@@ -214,7 +214,7 @@ def train(args) -> None:
 
         with_aux = heads is not None and args.aux
         pretrain_projector(model, lambda idx: pool_frames(model, features(idx)), meta, train_idx, val_idx,
-                           args.probe_minutes, 16, rng, v.video_tokens(v.clips.frames[1]) - 1,
+                           args.probe_minutes, min(16, len(train_idx)), rng, v.video_tokens(v.clips.frames[1]) - 1,
                            cover_loss if with_aux else None, heads["tokens"].parameters() if with_aux else (),
                            FAST_BF16, record)
     start = "resuming at step %d" % step if ckpt else f"from {args.init}" if args.init else "from scratch"

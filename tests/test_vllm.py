@@ -134,16 +134,23 @@ def vllm_run(args, extra_env, timeout=400, python: Path = VLLM_PY):
     return p, time.perf_counter() - t
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def build_checkpoints(root: Path, families) -> dict[str, Path]:
+    """Tiny checkpoints of ``families`` under ``root`` (tests/vllm/tiny.py; LLaVA-OV: tests/vllm/check_llava.py),
+    built with the vLLM venv's transformers: {family: dir}."""
     need_vllm()
-    root = tmp_path_factory.mktemp("vllm-tiny")
     out = {}
-    for family in GRID:
-        p, _ = vllm_run([str(SCRIPTS / "tiny.py"), str(root / family), family], {})
+    for family in families:
+        args = [str(SCRIPTS / "check_llava.py"), "build", str(root / family)] if family == "llava_ov" else \
+            [str(SCRIPTS / "tiny.py"), str(root / family), family]
+        p, _ = vllm_run(args, {})
         assert p.returncode == 0, p.stderr[-3000:]
         out[family] = root / family
     return out
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return build_checkpoints(tmp_path_factory.mktemp("vllm-tiny"), GRID)
 
 
 class Runs:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tango_prune.integrations.vllm.settings import Settings, kept_count
-from tests.test_vllm import SCRIPTS, need_vllm, vllm_run
+from tests.test_vllm import SCRIPTS, build_checkpoints, vllm_run
 
 RATE = 0.9
 N = 8
@@ -33,13 +33,8 @@ BF16_TOL = 2e-2
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    need_vllm()
     root = tmp_path_factory.mktemp("vllm-batch-ckpt")
-    for family in FAMILIES:
-        args = [str(SCRIPTS / "check_llava.py"), "build", str(root / family)] if family == "llava_ov" else \
-            [str(SCRIPTS / "tiny.py"), str(root / family), family]
-        p, _ = vllm_run(args, {})
-        assert p.returncode == 0, p.stderr[-3000:]
+    build_checkpoints(root, FAMILIES)
     return root
 
 

@@ -15,7 +15,7 @@ import torch
 
 from tango_prune import VideoTokens, list_methods
 from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
-from tests.test_vllm import GRID, RATE, SCRIPTS, Runs, need_vllm, vllm_run
+from tests.test_vllm import GRID, RATE, SCRIPTS, Runs, build_checkpoints, vllm_run
 
 QWEN3_METHODS = [m for m in list_methods() if m != "none"]
 QWEN2_5_METHODS = ["holitom", "evs", "vidcom2"]
@@ -23,14 +23,7 @@ QWEN2_5_METHODS = ["holitom", "evs", "vidcom2"]
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    need_vllm()
-    root = tmp_path_factory.mktemp("vllm-methods")
-    out = {}
-    for family in ("qwen3_vl", "qwen2_5_vl"):
-        p, _ = vllm_run([str(SCRIPTS / "tiny.py"), str(root / family), family], {})
-        assert p.returncode == 0, p.stderr[-3000:]
-        out[family] = root / family
-    return out
+    return build_checkpoints(tmp_path_factory.mktemp("vllm-methods"), ("qwen3_vl", "qwen2_5_vl"))
 
 
 @pytest.fixture(scope="module")

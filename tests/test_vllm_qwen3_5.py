@@ -15,7 +15,7 @@ import torch
 
 from tango_prune import VideoTokens
 from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
-from tests.test_vllm import RATE, SCRIPTS, Runs, need_vllm, vllm_run
+from tests.test_vllm import RATE, Runs, build_checkpoints
 
 GRID = (8, 8, 8)  # 16 frames of 256 px: 8 temporal patches of 8 x 8 merged tokens
 QWEN35 = ("qwen3_5", "qwen3_5_moe")
@@ -28,14 +28,7 @@ CLASSES = {"qwen3_5": "TangoQwen3_5", "qwen3_5_moe": "TangoQwen3_5Moe", "qwen3_v
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    need_vllm()
-    root = tmp_path_factory.mktemp("vllm-tiny-qwen3_5")
-    out = {}
-    for family in FAMILIES:
-        p, _ = vllm_run([str(SCRIPTS / "tiny.py"), str(root / family), family], {})
-        assert p.returncode == 0, p.stderr[-3000:]
-        out[family] = root / family
-    return out
+    return build_checkpoints(tmp_path_factory.mktemp("vllm-tiny-qwen3_5"), FAMILIES)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import torch
 
 from tango_prune import VideoTokens
 from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
-from tests.test_vllm import SCRIPTS, need_vllm, vllm_run
+from tests.test_vllm import SCRIPTS, build_checkpoints, vllm_run
 
 RATE = 0.9
 N = 4  # requests in the one generate call: 4 grids of 2-14 frames (tests/vllm/batch_check.py SHAPES)
@@ -56,13 +56,8 @@ def bind_two_cores() -> str:
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    need_vllm()
     root = tmp_path_factory.mktemp("vllm-tp-ckpt")
-    for family in FAMILIES:
-        args = [str(SCRIPTS / "check_llava.py"), "build", str(root / family)] if family == "llava_ov" else \
-            [str(SCRIPTS / "tiny.py"), str(root / family), family]
-        p, _ = vllm_run(args, {})
-        assert p.returncode == 0, p.stderr[-3000:]
+    build_checkpoints(root, FAMILIES)
     return root
 
 

@@ -76,11 +76,9 @@ def build(arch: str, out: Path, px: int) -> Path:
     return out
 
 
-def time_engine(ckpt: str, method: str | None, rate: float, frames: int, px: int, repeats: int) -> dict:
-    import numpy as np
-    import torch
-    from vllm import LLM, SamplingParams
-
+def engine_kwargs(ckpt: str, method: str | None, rate: float, max_model_len: int = 32768) -> dict:
+    """Select the plugin's method for this process (the plugin reads it when vLLM loads it) and return the engine
+    arguments every bench engine shares: random weights at the checkpoint's shape, one video per prompt."""
     if method:
         os.environ["TANGO_PRUNE_METHOD"] = method
     else:
@@ -88,18 +86,31 @@ def time_engine(ckpt: str, method: str | None, rate: float, frames: int, px: int
     # on CPU vLLM refuses to start unless this share of the machine's memory is free (the previous run's engine
     # may still be letting go of its own); the KV cache is sized by VLLM_CPU_KVCACHE_SPACE instead
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    llm = LLM(model=ckpt, load_format="dummy", dtype="bfloat16" if _native_bf16() else "float32",
-              enforce_eager=True, max_model_len=32768, limit_mm_per_prompt={"video": 1, "image": 0},
-              video_pruning_rate=rate if method else None, seed=0, gpu_memory_utilization=0.5)
+    return dict(model=ckpt, load_format="dummy", dtype="bfloat16" if _native_bf16() else "float32", enforce_eager=True,
+                max_model_len=max_model_len, limit_mm_per_prompt={"video": 1, "image": 0},
+                video_pruning_rate=rate if method else None, seed=0)
+
+
+def video_meta(frames: int) -> dict:
+    """vLLM's metadata for frames already sampled at 2 fps."""
+    return {"fps": 2.0, "duration": frames / 2.0, "total_num_frames": frames, "frames_indices": list(range(frames)),
+            "video_backend": "opencv", "do_sample_frames": False}
+
+
+def time_engine(ckpt: str, method: str | None, rate: float, frames: int, px: int, repeats: int) -> dict:
+    import numpy as np
+    import torch
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(**engine_kwargs(ckpt, method, rate), gpu_memory_utilization=0.5)
     params = SamplingParams(max_tokens=1, temperature=0.0)
     rng = np.random.default_rng(0)
     times, prompt_tokens = [], []
     for i in range(repeats + 1):
         video = rng.integers(0, 256, size=(frames, px, px, 3), dtype=np.uint8)  # new media: no encoder-cache hit
         t = time.perf_counter()
-        meta = {"fps": 2.0, "duration": frames / 2.0, "total_num_frames": frames, "frames_indices": list(range(frames)),
-                "video_backend": "opencv", "do_sample_frames": False}  # frames already sampled at 2 fps
-        out = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": (video, meta)}}, params, use_tqdm=False)
+        out = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": (video, video_meta(frames))}}, params,
+                           use_tqdm=False)
         sec = time.perf_counter() - t
         if i:  # the first request warms up
             times.append(sec)

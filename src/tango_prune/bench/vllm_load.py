@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from .vllm_engine import PROMPT, _native_bf16
+from .vllm_engine import PROMPT, engine_kwargs, video_meta
 
 MAX_TOKENS = 8
 
@@ -40,8 +39,7 @@ async def _levels(engine, concurrency: list[int], rounds: int, frames: int, px: 
 
     rng = np.random.default_rng(seed)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
-    meta = {"fps": 2.0, "duration": frames / 2.0, "total_num_frames": frames, "frames_indices": list(range(frames)),
-            "video_backend": "opencv", "do_sample_frames": False}
+    meta = video_meta(frames)
     counter = iter(range(10**9))
 
     async def one() -> tuple[float, int]:
@@ -83,14 +81,7 @@ def run(ckpt: str, method: str | None, rate: float, frames: int, px: int, concur
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    if method:
-        os.environ["TANGO_PRUNE_METHOD"] = method
-    else:
-        os.environ.pop("TANGO_PRUNE_METHOD", None)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    args = AsyncEngineArgs(model=ckpt, load_format="dummy", dtype="bfloat16" if _native_bf16() else "float32",
-                           enforce_eager=True, max_model_len=max_model_len, limit_mm_per_prompt={"video": 1, "image": 0},
-                           video_pruning_rate=rate if method else None, seed=0, max_num_seqs=max(concurrency),
+    args = AsyncEngineArgs(**engine_kwargs(ckpt, method, rate, max_model_len), max_num_seqs=max(concurrency),
                            disable_log_stats=True)
     engine = AsyncLLM.from_engine_args(args)
     try:

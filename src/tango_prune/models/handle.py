@@ -162,6 +162,8 @@ class PruneHandle:
             stats.append({"tokens_full": vt.num_tokens, "tokens_kept": out.num_kept, "frames": vt.grid[0],
                           "saliency": src, "prune_s": time.perf_counter() - t, "segments": len(out.segments)})
             kept.append(out)
+        for s, share in zip(stats, ctx.get("encoder_computed", [])):  # the encoder stage's computed share
+            s["encoder_computed"] = share
         extra, full, short = self.assemble(videos, kept, kwargs, ctx)
         attention_mask = kwargs.pop("attention_mask", None)
         # a family whose video is several placeholder runs (Qwen3-VL: one per frame) sizes each run in ctx

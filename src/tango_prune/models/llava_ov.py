@@ -45,7 +45,10 @@ class LlavaOnevisionHandle(PruneHandle):
     family = "llava-onevision"
 
     def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", siglip_head: str | None = None,
-                 positions: str = "compact", llm_stage=None, **method_opts) -> None:
+                 positions: str = "compact", llm_stage=None, encoder=None, **method_opts) -> None:
+        from ..encoders.reuse import resolve_encoder
+
+        self.encoder = resolve_encoder(encoder)  # the encoder stage (encoders/reuse.py); None: the stock tower
         if positions not in ("compact", "original"):
             raise ValueError(f"positions must be 'compact' (the release's) or 'original', got {positions!r}")
         self.position_mode = positions
@@ -87,7 +90,7 @@ class LlavaOnevisionHandle(PruneHandle):
         clips = list(pv) if isinstance(pv, (list, tuple)) else [pv[b] for b in range(pv.shape[0])]
         if times is not None and len(times) != len(clips):
             raise ValueError(f"video_timestamps has {len(times)} entries for {len(clips)} videos; pass one (T,) per video")
-        if isinstance(pv, (list, tuple)):
+        if isinstance(pv, (list, tuple)) or self.encoder is not None:  # the stage refers frames to their own video's
             encoded = [self._encode_frames(c, layer, strategy, ctx) for c in clips]
         else:  # one tower call for the whole batch
             f, s, src = self._encode_frames(pv.flatten(0, 1), layer, strategy, ctx)
@@ -108,11 +111,17 @@ class LlavaOnevisionHandle(PruneHandle):
         layers = [layer] if isinstance(layer, int) else list(layer)
         # the map's layer keeps the q/k it computes in the forward: the map shares the tower's projections
         mode = resolve_saliency(self.saliency, self.head is not None, strategy)
-        block = self._block(layers[-1]) if mode in ("cls", "attention") else None
-        with nullcontext({}) if block is None else hook_qk(block) as got:
-            out = inner.vision_tower(frames.to(next(self.tower.parameters()).dtype), output_hidden_states=True,
-                                     return_dict=True)
-        hs = out.hidden_states
+        block = self._block(layers[-1]) if mode in ("cls", "attention") and self.encoder is None else None
+        pixels = frames.to(next(self.tower.parameters()).dtype)
+        if self.encoder is not None:  # saliency from the stage's states (a reused token: its key frame's)
+            from ..encoders import reuse
+
+            hs, computed = reuse.encode(self.tower, pixels, self.encoder, keep=set(layers) | {layers[-1] - 1})
+            ctx.setdefault("encoder_computed", []).append(float(computed.float().mean()))
+            got = None
+        else:
+            with nullcontext({}) if block is None else hook_qk(block) as got:
+                hs = inner.vision_tower(pixels, output_hidden_states=True, return_dict=True).hidden_states
         sel = torch.cat([hs[i] for i in layers], dim=-1)
         if strategy == "default":
             sel = sel[:, 1:]

@@ -58,6 +58,12 @@ class TangoConfig:
     fastvid_cuts:     fastvid's c: the c - 1 lowest-similarity boundaries are cut.
     block_tokens:     rows per block of any distance matrix: memory is bounded by
                       block_tokens x (tokens in the segment) floats.
+    events:           brief-event guard, not in the release (issue 27); 0 = off
+                      (the release). When > 0: the score every step ranks by
+                      becomes saliency / its frame's max + events x (1 - cosine to
+                      the same position in the previous frame), and every frame of
+                      a block keeps at least one salient token, so an object shown
+                      in one or two frames wins a pick instead of a density vote.
     """
 
     retention: float = 0.1
@@ -81,6 +87,7 @@ class TangoConfig:
     static_merge: bool = True
     fastvid_cuts: int = 8
     block_tokens: int = 4096
+    events: float = 0.0
 
     def __post_init__(self) -> None:
         r = self.retention
@@ -96,6 +103,9 @@ class TangoConfig:
                 raise ValueError(f"{name} must be in [{lo:g}, 1], got {v!r}")
         if self.segment_tau is not None and not (-1.0 <= float(self.segment_tau) <= 1.0):
             raise ValueError(f"segment_tau must be a cosine similarity in [-1, 1] or None, got {self.segment_tau!r}")
+        nv = self.events
+        if isinstance(nv, bool) or not isinstance(nv, (int, float)) or not 0.0 <= float(nv) < float("inf"):
+            raise ValueError(f"events must be a finite number >= 0 (0 = off, the release), got {nv!r}")
         if float(self.alpha) < 1.0:
             raise ValueError(f"alpha must be >= 1 (it widens the candidate set), got {self.alpha!r}")
         for name in ("k_neighbors", "max_segment_frames", "fastvid_cuts", "block_tokens"):

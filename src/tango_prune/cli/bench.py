@@ -44,6 +44,8 @@ def cmd_bench(args) -> int:
     from ..bench.e2e import format_table, plot, run
     from ..methods import resolve_methods
 
+    if args.encoder is not None:
+        return _bench_encoder(args)
     if args.llm_stage is not None:
         return _bench_stage(args, resolve_methods(args.methods))
     methods = [name for _, name, _ in resolve_methods(args.methods)]
@@ -83,6 +85,28 @@ def _bench_stage(args, methods: list[tuple[str, str, dict]]) -> int:
     if args.plot:  # one bar per row: the stage's rows carry it in their label
         labelled = [dict(r, method=r["method"] + (f"+stage {r['llm_stage']}" if r["llm_stage"] else "")) for r in rows]
         print(f"wrote {plot(labelled, args.plot)}")
+    return 0
+
+
+def _bench_encoder(args) -> int:
+    """--encoder: Tango + the encoder stage against Tango alone and stock, skip pattern from the real ViT-S."""
+    from ..bench import encoder
+    from ..encoders.reuse import resolve_encoder
+    from ..video import SAMPLE_CLIPS
+
+    if args.engine != "hf" or args.llm_stage is not None or len(args.frames) != 1 or len(args.retention) != 1:
+        raise UsageError("--encoder runs on --engine hf, without --llm-stage, with one --frames and one --retention")
+    clips = [c for c in args.clips.split(",") if c]
+    bad = [c for c in clips if c not in SAMPLE_CLIPS]
+    if not clips or bad:
+        raise UsageError(f"--clips takes names among {', '.join(SAMPLE_CLIPS)}; got {args.clips!r}")
+    cfg = resolve_encoder(args.encoder)
+    result = encoder.run(args.arch, args.frames[0], clips, cfg, args.retention[0], args.repeats,
+                         parse_dtype(args.dtype, args.device), progress=not args.quiet, device=args.device)
+    print(encoder.format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -151,6 +175,10 @@ def register(sub) -> None:
     e.add_argument("--repeats", type=int, default=2)
     e.add_argument("--decode-tokens", type=int, default=8)
     e.add_argument("--json")
+    e.add_argument("--encoder", metavar="reuse[:tau=..,gate_layer=..,key_share=..]",
+                   help="time Tango + the encoder stage against Tango alone and stock (LLaVA-OV shapes); the skip "
+                        "pattern comes from the real ViT-S on --clips")
+    e.add_argument("--clips", default="bikes,carphone_pristine,bigbuckbunny", help="--encoder: sample clips, comma-separated")
     e.add_argument("--plot", help="PNG of the TTFT breakdown")
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--llm-stage", nargs="?", const="llava-video", metavar="PRESET|LAYER/KEEP",

@@ -21,6 +21,7 @@ computed from them as from the stock ones: a reused token contributes the querie
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
@@ -56,12 +57,12 @@ def resolve_encoder(spec) -> ReuseConfig | None:
     """``apply(..., encoder=...)``: None (off), "reuse" (defaults), a dict of ReuseConfig fields or a ReuseConfig."""
     if spec is None or isinstance(spec, ReuseConfig):
         return spec
-    if isinstance(spec, str):
-        name, _, opts = spec.partition(":")
+    if isinstance(spec, str):  # "reuse", "reuse:tau=0.9,gate_layer=2" or, inside a CLI method spec, "reuse/tau=0.9"
+        name, *items = re.split(r"[:/,]", spec)
         if name not in ENCODERS:
             raise ValueError(f"encoder must be None or one of {ENCODERS} (optionally 'reuse:tau=0.9,gate_layer=2'), got {spec!r}")
         kw = {}
-        for item in filter(None, opts.split(",")):
+        for item in filter(None, items):
             key, eq, val = item.partition("=")
             if not eq or key not in _FIELDS:
                 raise ValueError(f"encoder options are {', '.join(_FIELDS)} (key=value), got {item!r} in {spec!r}")

@@ -102,28 +102,49 @@ def load(cache_dir: str | Path | None = None):
     return model.eval()
 
 
-def preprocess(frames: Tensor) -> Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, 224, 224) float, ImageNet-normalised (the detector's preprocessing)."""
+def preprocess(frames: Tensor, size: int = SIZE) -> Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) float, ImageNet-normalised (the detector's preprocessing at 224 px;
+    other sizes give other patch grids, e.g. 378 px -> 27 x 27 as LLaVA-OneVision's SigLIP at 384)."""
     x = frames.permute(0, 3, 1, 2).float().div(255)
-    x = torch.nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
+def _tokens(model, last: Tensor, before_last: Tensor) -> tuple[Tensor, Tensor]:
+    """(final-layernorm patch tokens, last layer's CLS attention over the patches, mean of heads) from the last
+    layer's output and input."""
+    block = model.encoder.layer[-1]
+    h = block.norm1(before_last)
+    heads = model.config.num_attention_heads
+    q = block.attention.q_proj(h[:, :1]).unflatten(-1, (heads, -1)).transpose(1, 2)
+    k = block.attention.k_proj(h).unflatten(-1, (heads, -1)).transpose(1, 2)
+    p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return model.layernorm(last)[:, 1:], p[:, :, 0, 1:].mean(dim=1)
+
+
 @torch.no_grad()
-def encode(model, frames: Tensor, timestamps: Tensor | None = None, batch: int = 8) -> VideoTokens:
-    """Frames -> VideoTokens: the final-layernorm patch tokens (T, 256, 384) and, as saliency, the last layer's CLS
-    attention over the patches (mean of heads), recomputed from that layer's own q/k."""
+def encode(model, frames: Tensor, timestamps: Tensor | None = None, batch: int = 8, size: int = SIZE) -> VideoTokens:
+    """Frames -> VideoTokens: the final-layernorm patch tokens (T, (size/14)^2, 384) and, as saliency, the last
+    layer's CLS attention over the patches (mean of heads), recomputed from that layer's own q/k."""
     feats, sal = [], []
-    last = model.encoder.layer[-1]
     for s in range(0, frames.shape[0], batch):
-        out = model(pixel_values=preprocess(frames[s : s + batch]), output_hidden_states=True)
-        feats.append(out.last_hidden_state[:, 1:])
-        h = last.norm1(out.hidden_states[-2])
-        heads = model.config.num_attention_heads
-        q = last.attention.q_proj(h[:, :1]).unflatten(-1, (heads, -1)).transpose(1, 2)
-        k = last.attention.k_proj(h).unflatten(-1, (heads, -1)).transpose(1, 2)
-        p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-        sal.append(p[:, :, 0, 1:].mean(dim=1))
+        hs = model(pixel_values=preprocess(frames[s : s + batch], size), output_hidden_states=True).hidden_states
+        f, a = _tokens(model, hs[-1], hs[-2])
+        feats.append(f)
+        sal.append(a)
     f = torch.cat(feats)
-    side = SIZE // 14
+    side = size // 14
     return VideoTokens(f, torch.cat(sal), (f.shape[0], side, side), timestamps)
+
+
+@torch.no_grad()
+def encode_reuse(model, frames: Tensor, cfg, timestamps: Tensor | None = None, size: int = SIZE,
+                 computed: Tensor | None = None) -> tuple[VideoTokens, Tensor]:
+    """``encode`` through the encoder stage (encoders/reuse.py, a ``ReuseConfig``): (tokens, computed (T, 1 +
+    patches) bool)."""
+    from . import reuse
+
+    hs, mask = reuse.encode(model, preprocess(frames, size), cfg, keep={-1, -2}, computed=computed)
+    f, a = _tokens(model, hs[-1], hs[-2])
+    side = size // 14
+    return VideoTokens(f, a, (f.shape[0], side, side), timestamps), mask

@@ -30,11 +30,17 @@ class QA:
 
 def _jobs(methods, retentions):
     jobs = [("none", "none", {}, 1.0)]
+    from ..encoders.reuse import resolve_encoder
+
     for label, name, opts in methods:
+        own = {k: v for k, v in opts.items() if k != "encoder"}  # the encoder stage is the adapter's, not the method's
+        resolve_encoder(opts.get("encoder"))  # bad options fail now, not after the tower has run
         if name == "none":
+            if "encoder" in opts:  # all tokens, from the stage's tower
+                jobs.append((label, name, opts, 1.0))
             continue
         for r in retentions:
-            get_method(name)(retention=r, **opts)  # a bad option fails now, not after the tower has run
+            get_method(name)(retention=r, **own)
             jobs.append((label, name, opts, r))
     return jobs
 
@@ -49,23 +55,37 @@ def evaluate(qa: QA, samples: list, methods: list[tuple[str, str, dict]], retent
     from ..models import apply
 
     jobs = _jobs(methods, retentions)
-    bar = tqdm(total=len(samples) * (len(jobs) + 1), desc="eval", disable=not progress, unit="run")
+    stages = len({repr(o.get("encoder")) for _, _, o, _ in jobs} | {"None"})
+    bar = tqdm(total=len(samples) * (len(jobs) + stages), desc="eval", disable=not progress, unit="run")
     adapter_opts = adapter_opts or {}
-    base = apply(qa.model, method="none", retention=1.0, **adapter_opts)
-    try:
-        encoded = []
-        for s in samples:
-            inp = qa.inputs(s)
-            encoded.append((inp, base.encode_videos(**inp)))
-            bar.update()
-    finally:
-        base.remove()
+    towers: dict = {}  # the tower runs once per encoder setting (None: stock); every method reuses its tokens
+
+    def encoded(encoder) -> tuple[list, float | None]:
+        key = repr(encoder)
+        if key not in towers:
+            base = apply(qa.model, method="none", retention=1.0, encoder=encoder, **adapter_opts)
+            out, shares = [], []
+            try:
+                for s in samples:
+                    inp, ctx = qa.inputs(s), {}
+                    out.append((inp, base.encode(dict(inp), ctx)[0]))
+                    shares += ctx.get("encoder_computed", [])
+                    bar.update()
+            finally:
+                base.remove()
+            towers[key] = out, (sum(shares) / len(shares) if shares else None)
+        return towers[key]
+
+    encoded(None)
     rows, full_logp = [], []
     for label, name, opts, r in jobs:
+        opts = dict(opts)
+        encoder = opts.pop("encoder", None)
+        tokens, computed = encoded(encoder)
         handle = apply(qa.model, method=name, retention=r, **opts, **adapter_opts)
         try:
             correct, by_type, kl, agree, kept, secs = [], {}, [], [], [], 0.0
-            for i, (s, (inp, vts)) in enumerate(zip(samples, encoded)):
+            for i, (s, (inp, vts)) in enumerate(zip(samples, tokens)):
                 ids = {k: v for k, v in inp.items() if k not in ("pixel_values_videos", "video_timestamps")}
                 t = time.perf_counter()
                 last = qa.model(**ids, video_tokens=vts).logits[:, -1:].float()
@@ -87,7 +107,7 @@ def evaluate(qa: QA, samples: list, methods: list[tuple[str, str, dict]], retent
         rows.append({"method": label, "retention": r, "accuracy": sum(correct) / n, "n": n,
                      "by_type": {t: sum(v) / len(v) for t, v in by_type.items()},
                      "kl": sum(kl) / n, "top1_agreement": sum(agree) / n, "tokens_kept_mean": sum(kept) / n,
-                     "llm_seconds_mean": secs / n, "correct": correct})
+                     "llm_seconds_mean": secs / n, "correct": correct, "encoder_computed": computed})
     bar.close()
     full = rows[0]["accuracy"]
     for row in rows:
@@ -104,6 +124,9 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['method']:<20}{r['retention']:>6g}{r['accuracy']:>7.3f}{r['relative_accuracy']:>8.1%}"
                      f"{r['tokens_kept_mean']:>7.0f}{r['kl']:>8.3f}{r['top1_agreement']:>7.3f}"
                      + "".join(f"{r['by_type'].get(t, float('nan')):>12.3f}" for t in types))
+    for r in rows:
+        if r.get("encoder_computed") is not None:
+            lines.append(f"{r['method']}: the encoder stage ran {r['encoder_computed']:.1%} of the tokens past its gate")
     lines.append(f"n = {rows[0]['n']} questions; rel = accuracy / accuracy of none; KL(full || pruned) and top1 agreement "
                  "of the next-token distribution against the full-token run (label-free)")
     return "\n".join(lines)

@@ -114,9 +114,7 @@ class LlavaOnevisionHandle(PruneHandle):
         block = self._block(layers[-1]) if mode in ("cls", "attention") and self.encoder is None else None
         pixels = frames.to(next(self.tower.parameters()).dtype)
         if self.encoder is not None:  # saliency from the stage's states (a reused token: its key frame's)
-            from ..encoders import reuse
-
-            hs, computed = reuse.encode(self.tower, pixels, self.encoder, keep=set(layers) | {layers[-1] - 1})
+            hs, computed = self._stage(pixels, set(layers) | {layers[-1] - 1})
             ctx.setdefault("encoder_computed", []).append(float(computed.float().mean()))
             got = None
         else:
@@ -130,6 +128,12 @@ class LlavaOnevisionHandle(PruneHandle):
         if sal is not None:
             sal = inner.apply_pooling(sal.unsqueeze(-1).to(feats.dtype)).squeeze(-1).float()
         return feats, sal, source
+
+    def _stage(self, pixels, keep: set[int]):
+        """The encoder stage on one video's frames: (hidden states, computed mask)."""
+        from ..encoders import reuse
+
+        return reuse.encode(self.tower, pixels, self.encoder, keep=keep)
 
     def _blocks(self):
         enc = self.tower.encoder

@@ -149,16 +149,14 @@ def schedule(gate: Tensor, tau: float, prefix: int, key_share: float) -> tuple[T
 
 
 @contextmanager
-def _keep_kv(blocks):
-    """Keep each block's key and value projections' outputs while the stock modules run (forward hooks on this
-    instance, removed on exit): a key frame's keys and values, which the frames referring to it reuse."""
-    got = [{} for _ in blocks]
-    hooks = []
-    for store, block in zip(got, blocks):
-        attn = _parts(block)[0]
-        for name in ("k", "v"):
-            hooks.append(getattr(attn, f"{name}_proj").register_forward_hook(
-                lambda m, a, o, store=store, name=name: store.__setitem__(name, o)))
+def _keep_kv(block, on: bool = True):
+    """Keep one block's key and value projections' outputs while the stock module runs (forward hooks on this
+    instance, removed on exit): a key frame's keys and values, which the frames referring to it reuse. One block at
+    a time, so that only one layer's keys and values are alive (all layers' would be ~1 GB at 16 SigLIP frames)."""
+    got: dict = {}
+    attn = _parts(block)[0]
+    hooks = [getattr(attn, f"{n}_proj").register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, o))
+             for n in ("k", "v")] if on else []
     try:
         yield got
     finally:
@@ -193,27 +191,22 @@ def encode(tower, pixels: Tensor, cfg: ReuseConfig, keep: set[int] | None = None
     slot[key] = torch.arange(key.numel())
     src = slot[ref]
     h = gate[key]
-    with _keep_kv(blocks[g:]) as kv:
-        states = []
-        for block in blocks[g:]:
-            h = block(h, None)
-            states.append(h)
-    kk = [_heads(block, s["k"]) for block, s in zip(blocks[g:], kv)]  # (n_key, heads, N, d) per block
-    vv = [_heads(block, s["v"]) for block, s in zip(blocks[g:], kv)]
     m = computed[dep]
     fr, pos = m.nonzero(as_tuple=True)  # (frame among dep, position) of every computed row
     rank = m.long().cumsum(1)[fr, pos] - 1
     width = int(m.sum(1).max()) if dep.numel() else 0
     x = gate[dep][fr, pos]
-    for j, block in enumerate(blocks[g:]):
-        i = g + 1 + j
+    for j, block in enumerate(blocks[g:]):  # block by block: key frames (stock module), then the dependent rows
+        with _keep_kv(block, on=bool(dep.numel())) as kv:
+            h = block(h, None)
         if dep.numel():
-            x = _partial(block, x, fr, pos, rank, width, kk[j][src[dep]], vv[j][src[dep]])
-        if i in keep:
-            full = states[j][src]
+            sel = src[dep]
+            x = _partial(block, x, fr, pos, rank, width, _heads(block, kv["k"])[sel], _heads(block, kv["v"])[sel])
+        if g + 1 + j in keep:
+            full = h[src]
             if dep.numel():
                 full[dep[fr], pos] = x
-            out[i] = full
+            out[g + 1 + j] = full
     return out, computed
 
 

@@ -71,7 +71,7 @@ def clip_fidelity(vit, clip: str, frames: int, cfg: reuse.ReuseConfig, px: int, 
             "pattern": patches}
 
 
-def run(arch: str, frames: int, clips: list[str], cfg: reuse.ReuseConfig, retention: float = 0.1, repeats: int = 1,
+def run(arch: str, frames: int, clips: list[str], cfgs: list[reuse.ReuseConfig], retention: float = 0.1, repeats: int = 1,
         dtype=torch.bfloat16, progress: bool = True, device: str = "cpu") -> dict:
     from tqdm import tqdm
 
@@ -84,7 +84,9 @@ def run(arch: str, frames: int, clips: list[str], cfg: reuse.ReuseConfig, retent
     vit = vit_s.load()
     vis = ARCHS[arch][1]
     px = (vis["image_size"] // vis["patch_size"]) * 14  # ViT-S/14 at the tower's patch grid
-    fid = [clip_fidelity(vit, c, frames, cfg, px, retention) for c in tqdm(clips, desc="ViT-S patterns", disable=not progress)]
+    cache: dict = {}
+    fid = [dict(clip_fidelity(vit, c, frames, cfg, px, retention, cache), cfg=cfg)
+           for cfg in cfgs for c in tqdm(clips, desc=f"ViT-S patterns {_name(cfg)}", disable=not progress)]
     del vit
     model, family = build(arch, dtype)
     model = model.to(device)
@@ -97,7 +99,7 @@ def run(arch: str, frames: int, clips: list[str], cfg: reuse.ReuseConfig, retent
         base = video_inputs(model, family, frames, dtype)
         tango = rows[1]
         for f in tqdm(fid, desc="stage", disable=not progress):
-            h = PatternHandle(model, f["pattern"].to(device), cfg)
+            h = PatternHandle(model, f["pattern"].to(device), f["cfg"])
             runs: list[dict] = []
             try:
                 total, _ = _median(lambda: h.encode(dict(base), runs.append({}) or runs[-1]), repeats)
@@ -105,8 +107,8 @@ def run(arch: str, frames: int, clips: list[str], cfg: reuse.ReuseConfig, retent
                 h.remove()
             sal = statistics.median(c.get("saliency_s", 0.0) for c in runs[1:] or runs)
             row = {k: v for k, v in tango.items() if k not in ("speedup", "limit_speedup")}
-            row.update(label=f"tango+stage ({f['clip']})", vision_s=total - sal, saliency_s=sal,
-                       **{k: v for k, v in f.items() if k != "pattern"})
+            row.update(label=f"+{_name(f['cfg'])} {f['clip'][:10]}", vision_s=total - sal, saliency_s=sal,
+                       encoder=vars(f["cfg"]), **{k: v for k, v in f.items() if k not in ("pattern", "cfg")})
             row["ttft_s"] = row["vision_s"] + row["saliency_s"] + row["prune_s"] + row["prefill_s"]
             rows.append(row)
     stock_ttft = rows[0]["ttft_s"]
@@ -114,13 +116,18 @@ def run(arch: str, frames: int, clips: list[str], cfg: reuse.ReuseConfig, retent
         row["vs_stock"] = stock_ttft / row["ttft_s"]
         row["vs_tango"] = tango["ttft_s"] / row["ttft_s"]
         row.update(arch=arch, frames=frames, dtype=str(dtype).replace("torch.", ""), device=device)
-    return {"arch": arch, "frames": frames, "encoder": vars(cfg), "retention": retention, "rows": rows}
+    return {"arch": arch, "frames": frames, "encoders": [vars(c) for c in cfgs], "retention": retention, "rows": rows}
+
+
+def _name(cfg: reuse.ReuseConfig) -> str:
+    return f"t{cfg.tau:g}/g{cfg.gate_layer}/k{cfg.key_share:g}"
 
 
 def format_table(result: dict) -> str:
     head = (f"{'':<28}{'computed':>9}{'keys':>5}{'cos med':>8}{'cos p5':>8}{'jacc':>6}{'vision s':>9}{'salien s':>9}"
             f"{'prefill s':>10}{'TTFT s':>8}{'vs stock':>9}{'vs tango':>9}")
-    lines = [f"{result['arch']}, {result['frames']} frames, {result['rows'][0]['dtype']}, encoder {result['encoder']}",
+    lines = [f"{result['arch']}, {result['frames']} frames, {result['rows'][0]['dtype']}, Tango at {result['retention']:g}; "
+             "+tau/gate_layer/key_share clip: Tango + the encoder stage",
              head, "-" * len(head)]
     for r in result["rows"]:
         fid = (f"{r['computed']:>9.2f}{r['key_frames']:>5}{r['cos_median']:>8.4f}{r['cos_p5']:>8.4f}{r['jaccard']:>6.2f}"

@@ -100,8 +100,8 @@ def _bench_encoder(args) -> int:
     bad = [c for c in clips if c not in SAMPLE_CLIPS]
     if not clips or bad:
         raise UsageError(f"--clips takes names among {', '.join(SAMPLE_CLIPS)}; got {args.clips!r}")
-    cfg = resolve_encoder(args.encoder)
-    result = encoder.run(args.arch, args.frames[0], clips, cfg, args.retention[0], args.repeats,
+    cfgs = [resolve_encoder(e) for e in args.encoder]
+    result = encoder.run(args.arch, args.frames[0], clips, cfgs, args.retention[0], args.repeats,
                          parse_dtype(args.dtype, args.device), progress=not args.quiet, device=args.device)
     print(encoder.format_table(result))
     if args.json:
@@ -175,9 +175,9 @@ def register(sub) -> None:
     e.add_argument("--repeats", type=int, default=2)
     e.add_argument("--decode-tokens", type=int, default=8)
     e.add_argument("--json")
-    e.add_argument("--encoder", metavar="reuse[:tau=..,gate_layer=..,key_share=..]",
+    e.add_argument("--encoder", action="append", metavar="reuse[:tau=..,gate_layer=..,key_share=..]",
                    help="time Tango + the encoder stage against Tango alone and stock (LLaVA-OV shapes); the skip "
-                        "pattern comes from the real ViT-S on --clips")
+                        "pattern comes from the real ViT-S on --clips; repeat for several settings in one run")
     e.add_argument("--clips", default="bikes,carphone_pristine,bigbuckbunny", help="--encoder: sample clips, comma-separated")
     e.add_argument("--plot", help="PNG of the TTFT breakdown")
     e.add_argument("--quiet", action="store_true")

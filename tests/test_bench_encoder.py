@@ -1,0 +1,50 @@
+"""bench --encoder: Tango + the encoder stage against Tango alone and stock in one run, the skip pattern measured on the
+real ViT-S (here at a tiny tower's 8 x 8 patch grid, seconds)."""
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tango_prune.bench import archs  # noqa: E402
+from tango_prune.cli import main  # noqa: E402
+
+from .test_bench_e2e import TINY_LLM, TINY_QWEN_VIT, TINY_VIT  # noqa: E402
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(archs.ARCHS, "tiny-ov", ("llava", TINY_VIT, TINY_LLM))
+    monkeypatch.setitem(archs.ARCHS, "tiny-qwen", ("qwen", TINY_QWEN_VIT, TINY_LLM))
+
+
+def test_rows_for_stock_tango_and_each_setting_and_clip(tiny, tmp_path, capsys):
+    out = tmp_path / "enc.json"
+    assert main(["bench", "--arch", "tiny-ov", "--frames", "4", "--repeats", "1", "--quiet", "--json", str(out),
+                 "--encoder", "reuse", "--encoder", "reuse:tau=1", "--clips", "carphone_pristine,bikes"]) == 0
+    res = json.loads(out.read_text())
+    labels = [r["label"] for r in res["rows"]]
+    assert labels[:2] == ["none", "tango"] and len(labels) == 6  # 2 settings x 2 clips after the two baselines
+    assert [r["clip"] for r in res["rows"][2:]] == ["carphone_pristine", "bikes"] * 2
+    for r in res["rows"][2:]:
+        assert 0 < r["computed"] <= 1 and 0 <= r["jaccard"] <= 1 and r["cos_p5"] <= r["cos_median"] <= 1 + 1e-6
+        assert r["ttft_s"] > 0 and r["vs_tango"] == pytest.approx(res["rows"][1]["ttft_s"] / r["ttft_s"])
+    for r in res["rows"][4:]:  # tau = 1: nothing is reused, the stage's output is the stock forward's
+        assert r["computed"] == 1 and r["cos_p5"] > 0.9999 and r["jaccard"] == 1
+    assert "vs tango" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--encoder", "warp"], "encoder must be"),
+    (["--encoder", "reuse:tau=2"], "tau"),
+    (["--encoder", "reuse", "--clips", "nosuch"], "--clips takes names"),
+    (["--encoder", "reuse", "--engine", "vllm"], "--engine hf"),
+    (["--encoder", "reuse", "--frames", "4,8"], "one --frames"),
+    (["--encoder", "reuse", "--retention", "0.1,0.2"], "one --retention"),
+    (["--encoder", "reuse", "--arch", "tiny-qwen"], "LLaVA-OneVision shapes"),
+])
+def test_bad_arguments_exit_2_with_one_line(tiny, args, needle, capsys):
+    base = [] if "--arch" in args else ["--arch", "tiny-ov"]
+    assert main(["bench", *base, "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err

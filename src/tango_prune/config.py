@@ -64,6 +64,15 @@ class TangoConfig:
                       the same position in the previous frame), and every frame of
                       a block keeps at least one salient token, so an object shown
                       in one or two frames wins a pick instead of a density vote.
+    brief_frames:     keep brief events, not in the release (issue 27); 0 = off
+                      (the release). When > 0, a token whose content differs from
+                      the frame before while the frame at most brief_frames later
+                      looks like the frame before again (``core.events``) is kept
+                      with its own feature in addition to the budget (at most
+                      ceil(L x retention) per frame; with budget="exact" the count
+                      stays exact and the lowest-saliency unmerged tokens make room).
+    brief_tau:        score a token needs to count as a brief event's onset:
+                      cos(before, after) - cos(onset, before), in [-2, 2].
     """
 
     retention: float = 0.1
@@ -88,6 +97,8 @@ class TangoConfig:
     fastvid_cuts: int = 8
     block_tokens: int = 4096
     events: float = 0.0
+    brief_frames: int = 0
+    brief_tau: float = 0.5
 
     def __post_init__(self) -> None:
         r = self.retention
@@ -106,6 +117,12 @@ class TangoConfig:
         nv = self.events
         if isinstance(nv, bool) or not isinstance(nv, (int, float)) or not 0.0 <= float(nv) < float("inf"):
             raise ValueError(f"events must be a finite number >= 0 (0 = off, the release), got {nv!r}")
+        bf = self.brief_frames
+        if isinstance(bf, bool) or not isinstance(bf, int) or bf < 0:
+            raise ValueError(f"brief_frames must be an int >= 0 (0 = off, the release; 2 = events of 1-2 frames), got {bf!r}")
+        bt = self.brief_tau
+        if isinstance(bt, bool) or not isinstance(bt, (int, float)) or not -2.0 <= float(bt) <= 2.0:
+            raise ValueError(f"brief_tau must be a number in [-2, 2] (a difference of two cosines), got {bt!r}")
         if float(self.alpha) < 1.0:
             raise ValueError(f"alpha must be >= 1 (it widens the candidate set), got {self.alpha!r}")
         for name in ("k_neighbors", "max_segment_frames", "fastvid_cuts", "block_tokens"):

@@ -1,11 +1,14 @@
 """prune_video_tokens: Tango over one video, from VideoTokens to Pruned."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .config import SINKS, TangoConfig
-from .core.budget import exact_count, fit_budget
+from .core.budget import exact_count, fit_budget, keep_also
+from .core.events import brief_scores, brief_tokens
 from .core.saliency import auto_sinks, feature_saliency, mask_sinks, with_novelty
 from .core.segment import consecutive_similarity, fastvid_segments, frame_similarity, holitom_segments
 from .core.strope import resolve_section
@@ -87,11 +90,22 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
     prune_single_frames(feats, norms, times, sal, singles, cfg, geo, pieces)
     index, out, merged, owner = pieces.finish()
     reference_count = int(index.shape[0])
+    rank = sal.flatten()
+    brief = torch.empty(0, dtype=torch.long, device=feats.device)
+    if cfg.brief_frames:
+        score = brief_scores(feats, cfg.brief_frames)
+        if sinks:
+            score[:, list(sinks)] = float("-inf")
+        brief = brief_tokens(score, cfg.brief_tau, math.ceil(L * cfg.retention))
+        free = torch.ones(T * L, dtype=torch.bool, device=feats.device)
+        free[index] = False
+        brief = brief[free[brief]]
+        index, out, merged, owner = keep_also(index, out, merged, owner, feats.reshape(T * L, D), brief)
+        rank = rank.clone()
+        rank[brief] = float("inf")  # an exact budget makes room elsewhere
     if cfg.budget == "exact":
         target = exact_count(cfg.retention, T * L)
-        index, out, merged, owner = fit_budget(
-            index, out, merged, owner, feats.reshape(T * L, D), sal.flatten(), target,
-        )
+        index, out, merged, owner = fit_budget(index, out, merged, owner, feats.reshape(T * L, D), rank, target)
     info = {
         "method": "tango",
         "saliency": source,
@@ -101,5 +115,6 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
         "static_positions": n_static,
         "similarity": cfg.similarity,
         "events": cfg.events,
+        "brief_added": int(brief.shape[0]),
     }
     return Pruned(index, out, positions_of(index, vt.grid), list(sizes), merged, owner, vt.grid, info)

@@ -97,8 +97,11 @@ def test_compare_errors_are_one_line(tmp_path, capsys):
 def test_bench_pruner_times_other_methods_on_the_same_video(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["bench-pruner", "--frames", "4", "--tokens", "16", "--dim", "8", "--dtype", "fp32", "--similarity", "exact",
-                 "--repeats", "1", "--methods", "evs,topk", "--json", str(out), "--quiet"]) == 0
+                 "--repeats", "1", "--methods", "evs,topk,tango:brief_frames=1", "--json", str(out), "--quiet"]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["impl"] for r in rows] == ["tango-prune", "evs", "topk"] and all(r["seconds"] >= 0 for r in rows)
+    assert [r["impl"] for r in rows] == ["tango-prune", "evs", "topk", "tango:brief_frames=1"]
+    assert all(r["seconds"] >= 0 for r in rows)
+    assert main(["bench-pruner", "--frames", "4", "--methods", "tango:brief_frames=-1"]) == 2
+    assert "brief_frames must be" in capsys.readouterr().err
     assert main(["bench-pruner", "--frames", "4", "--methods", "tangoo"]) == 2
     assert "unknown method 'tangoo'" in capsys.readouterr().err

@@ -60,11 +60,12 @@ def run_bench(
     frames: list[int], tokens: int = 196, dim: int = 3584, dtype: str = "bf16", retention: float = 0.1,
     similarities: tuple[str, ...] = ("exact", "fast"), repeats: int = 3, release: str | None = None,
     release_max_frames: int = 256, device: str = "cpu", progress: bool = True,
-    scene_frames: tuple[int, int] = (4, 24), max_segment_frames: int = 1024, methods: tuple[str, ...] = (),
+    scene_frames: tuple[int, int] = (4, 24), max_segment_frames: int = 1024, methods: tuple = (),
     scene: str = "video",
 ) -> list[dict]:
     """Tango (``prune_video_tokens``) per similarity mode, the release when given, and any other registry
-    ``methods`` at their defaults, each on the same synthetic video per frame count: scenes of ``scene_frames``
+    ``methods`` (names, or (label, name, options) as ``resolve_methods`` gives), each on the same synthetic video
+    per frame count: scenes of ``scene_frames``
     frames with a still background (``scene="video"``), or a video with no static position (``scene="noise"``)."""
     side = math.isqrt(tokens)
     if side * side != tokens:
@@ -101,11 +102,14 @@ def run_bench(
                 segments=len(out.segments), longest_segment=max(out.segments),
                 jaccard_vs_exact=None if ref is None else jaccard(out.index, ref.index),
             ))
-        for name in methods:
-            pruner = get_method(name)(retention=retention)
+        for m in methods:
+            label, name, opts = (m, m, {}) if isinstance(m, str) else m
+            if name == "tango":  # the same sinks and segment cap as the rows above
+                opts = {"sink_indices": sinks, "max_segment_frames": max_segment_frames, **opts}
+            pruner = get_method(name)(retention=retention, **opts)
             sec, out, peak, rise = time_call(lambda vt=vt, p=pruner: p(vt), repeats)
             rows.append(dict(
-                impl=name, similarity="-", frames=T, tokens=tokens, dim=dim, dtype=dtype, seconds=sec,
+                impl=label, similarity="-", frames=T, tokens=tokens, dim=dim, dtype=dtype, seconds=sec,
                 peak_rss_gb=peak, peak_rise_gb=rise, input_gb=input_gb, kept=out.num_kept, segments=len(out.segments),
                 longest_segment=max(out.segments), jaccard_vs_exact=None if ref is None else jaccard(out.index, ref.index),
             ))

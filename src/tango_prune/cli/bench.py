@@ -30,14 +30,14 @@ def cmd_bench_pruner(args) -> int:
     return 0
 
 
-def _other_methods(text: str) -> tuple[str, ...]:
-    """--methods of bench-pruner: registry names besides tango (timed per similarity mode anyway); 'all'."""
-    from ..methods import get_method, list_methods
+def _other_methods(text: str) -> tuple[tuple[str, str, dict], ...]:
+    """--methods of bench-pruner: registry names besides plain tango (timed per similarity mode anyway), with
+    options as name:key=value (e.g. tango:brief_frames=1), or 'all' -> (label, name, options)."""
+    from ..methods import resolve_methods
 
-    names = list_methods() if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    for name in names:
-        get_method(name)  # an unknown name: one line naming the choices
-    return tuple(n for n in names if n not in ("tango", "none"))
+    if not text.strip():
+        return ()
+    return tuple(m for m in resolve_methods(text) if m[0] not in ("tango", "none"))
 
 
 def cmd_bench(args) -> int:

@@ -90,11 +90,21 @@ def test_brief_tokens_thresholds_and_caps_per_frame():
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_release_merges_the_most_salient_brief_object_into_a_texture_anchor(seed):
+    # the mechanism of issue 27 in miniature: one token per frame is a density vote (DPC-kNN), which the far,
+    # lone object loses, although it is its frame's most salient token
+    out = prune_video_tokens(video(seed), TangoConfig(retention=0.1, segment="none"))
+    assert out.info["static_positions"] == [5]
+    assert not kept_as_itself(out, 3 * L + 9)
+
+
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("object_saliency", [1.0, 0.01])
 def test_brief_frames_keeps_the_object_and_adds_only_it(seed, object_saliency):
     vt = video(seed, object_saliency=object_saliency)
     ref = prune_video_tokens(vt, TangoConfig(retention=0.1, segment="none"))
     assert not kept_as_itself(ref, 3 * L + 9)  # the release loses it (the density vote)
+    # found by its features alone: with saliency 0.01 the tower looked elsewhere
     out = prune_video_tokens(vt, TangoConfig(retention=0.1, segment="none", brief_frames=2))
     assert kept_as_itself(out, 3 * L + 9)
     assert out.num_kept == ref.num_kept + 1 and out.info["brief_added"] == 1

@@ -1,10 +1,14 @@
-"""Made docs/method.md's choice of TangoConfig.events = 2 (issue 27): on training seed 1 only (the first 150 questions,
-all five types, v1's 16-frame clips as eval asks them), tokens as testbed v2's pruner sees them, per weight and ratio:
-the object's survival per question type (tango_prune.eval.brief), coverage of all tokens, mean kept count.
+"""Made docs/method.md's choice of TangoConfig(brief_frames=1, brief_tau=0.5) (issue 27): on training seed 1 only
+(the first 150 questions, all five types, v1's 16-frame clips as eval asks them), tokens as testbed v2's pruner sees
+them, per setting and ratio: the object's survival per question type (tango_prune.eval.brief) and the tokens the
+setting adds per video, per type (a brief-event remedy should add to brief_shape videos and little elsewhere).
 
     .venv/bin/python scripts/measure/brief_events_tune.py [--n 150] [--tokens out/issue27/v2_seed1_tokens.pt]
 
 --tokens FILE: load the encoded questions from FILE if it exists, else encode and save them there.
+The accuracy half of the tuning is an eval on the same seed:
+    tango-prune eval --model testbed-v2 --methods tango,tango:brief_frames=2,tango:brief_frames=1 \
+        --retention 0.1,0.2 --n 200 --seed 1
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from pathlib import Path
 import torch
 
 from tango_prune.eval import brief
-from tango_prune.eval.fidelity import coverage
 from tango_prune.methods import get_method
 
 
@@ -45,7 +48,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=150)
     p.add_argument("--tokens")
-    p.add_argument("--weights", default="0,1e-9,0.5,1,2,4", help="events values (1e-9: the salient floor alone)")
+    p.add_argument("--settings", default="0/0.5,1/0.5,2/0.5,1/0.7,2/0.7,2/0.3", help="brief_frames/brief_tau pairs")
     a = p.parse_args()
     if a.tokens and Path(a.tokens).is_file():
         data = torch.load(a.tokens, weights_only=False)[: a.n]
@@ -54,16 +57,17 @@ def main() -> None:
         if a.tokens:
             torch.save(data, a.tokens)
     for r in (0.1, 0.2):
-        for w in (float(x) for x in a.weights.split(",")):
-            pruner = get_method("tango")(retention=r, events=w)
-            by, cov, kept = collections.defaultdict(list), [], []
+        for setting in a.settings.split(","):
+            frames, tau = setting.split("/")
+            pruner = get_method("tango")(retention=r, brief_frames=int(frames), brief_tau=float(tau))
+            by, added = collections.defaultdict(list), collections.defaultdict(list)
             for vt, obj, qtype in data:
                 out = pruner(vt)
                 by[qtype].append(brief.survival(vt.features.reshape(vt.num_tokens, -1), out, obj)["survived"])
-                cov.append(coverage(vt, out))
-                kept.append(out.num_kept)
-            print(f"r {r:g} events {w:g}: " + " ".join(f"{t} {sum(v) / len(v):.2f}" for t, v in by.items())
-                  + f" | coverage {sum(cov) / len(cov):.4f} | kept {sum(kept) / len(kept):.1f}", flush=True)
+                added[qtype].append(out.info.get("brief_added", 0))
+            print(f"r {r:g} brief_frames {frames} tau {tau}: survival / tokens added per video: "
+                  + " ".join(f"{t} {sum(v) / len(v):.2f} / +{sum(added[t]) / len(added[t]):.2f}" for t, v in by.items()),
+                  flush=True)
 
 
 if __name__ == "__main__":

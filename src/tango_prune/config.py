@@ -58,12 +58,6 @@ class TangoConfig:
     fastvid_cuts:     fastvid's c: the c - 1 lowest-similarity boundaries are cut.
     block_tokens:     rows per block of any distance matrix: memory is bounded by
                       block_tokens x (tokens in the segment) floats.
-    events:           brief-event guard, not in the release (issue 27); 0 = off
-                      (the release). When > 0: the score every step ranks by
-                      becomes saliency / its frame's max + events x (1 - cosine to
-                      the same position in the previous frame), and every frame of
-                      a block keeps at least one salient token, so an object shown
-                      in one or two frames wins a pick instead of a density vote.
     brief_frames:     keep brief events, not in the release (issue 27); 0 = off
                       (the release). When > 0, a token whose content differs from
                       the frame before while the frame at most brief_frames later
@@ -96,7 +90,6 @@ class TangoConfig:
     static_merge: bool = True
     fastvid_cuts: int = 8
     block_tokens: int = 4096
-    events: float = 0.0
     brief_frames: int = 0
     brief_tau: float = 0.5
 
@@ -114,9 +107,6 @@ class TangoConfig:
                 raise ValueError(f"{name} must be in [{lo:g}, 1], got {v!r}")
         if self.segment_tau is not None and not (-1.0 <= float(self.segment_tau) <= 1.0):
             raise ValueError(f"segment_tau must be a cosine similarity in [-1, 1] or None, got {self.segment_tau!r}")
-        nv = self.events
-        if isinstance(nv, bool) or not isinstance(nv, (int, float)) or not 0.0 <= float(nv) < float("inf"):
-            raise ValueError(f"events must be a finite number >= 0 (0 = off, the release), got {nv!r}")
         bf = self.brief_frames
         if isinstance(bf, bool) or not isinstance(bf, int) or bf < 0:
             raise ValueError(f"brief_frames must be an int >= 0 (0 = off, the release; 2 = events of 1-2 frames), got {bf!r}")

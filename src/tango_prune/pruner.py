@@ -9,7 +9,7 @@ from torch import Tensor
 from .config import SINKS, TangoConfig
 from .core.budget import exact_count, fit_budget, keep_also
 from .core.events import brief_scores, brief_tokens
-from .core.saliency import auto_sinks, feature_saliency, mask_sinks, with_novelty
+from .core.saliency import auto_sinks, feature_saliency, mask_sinks
 from .core.segment import consecutive_similarity, fastvid_segments, frame_similarity, holitom_segments
 from .core.strope import resolve_section
 from .core.tango import Geometry, Pieces, prune_segment, prune_single_frames, static_positions
@@ -60,8 +60,6 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
     sal, source, sinks = prepare_saliency(vt, cfg)
     times = vt.times()
     tok_sim, norms = consecutive_similarity(feats)
-    if cfg.events:  # opt-in (issue 27): brief events' onsets compete for the salient picks; sinks stay at 0
-        sal = mask_sinks(with_novelty(sal, tok_sim, cfg.events), sinks)
     sizes = segment_video(vt, cfg, tok_sim)
     if cfg.retention >= 1.0:
         # Keep-all is the identity. (The release would still collapse static positions at 1.0.)
@@ -114,7 +112,6 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
         "reference_count": reference_count,
         "static_positions": n_static,
         "similarity": cfg.similarity,
-        "events": cfg.events,
         "brief_added": int(brief.shape[0]),
     }
     return Pruned(index, out, positions_of(index, vt.grid), list(sizes), merged, owner, vt.grid, info)

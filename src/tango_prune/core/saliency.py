@@ -57,21 +57,6 @@ def mask_sinks(saliency: Tensor, sinks: list[int] | tuple[int, ...]) -> Tensor:
     return out
 
 
-def with_novelty(saliency: Tensor, tok_sim: Tensor, weight: float) -> Tensor:
-    """Saliency (T, L) plus temporal novelty: saliency / its frame's maximum + weight * (1 - cos(token, the token at
-    its position in the previous frame)); frame 0 compares with frame 1. A brief event's onset (an object in one or
-    two frames) is novel where the tower's attention may be elsewhere; Tango's one salient pick per frame at 16
-    tokens per frame then goes to it (issue 27). ``tok_sim`` is (T - 1, L), ``segment.consecutive_similarity``'s."""
-    T = saliency.shape[0]
-    if T < 2 or weight == 0:
-        return saliency
-    if tok_sim.shape != (T - 1, saliency.shape[1]):
-        raise ValueError(f"tok_sim must be (T - 1, L) = {(T - 1, saliency.shape[1])}, got {tuple(tok_sim.shape)}")
-    novelty = 1.0 - torch.cat([tok_sim[:1], tok_sim]).float()
-    peak = saliency.float().amax(dim=1, keepdim=True).clamp_min(1e-12)
-    return saliency.float() / peak + weight * novelty
-
-
 @torch.no_grad()
 def global_query(q: Tensor, k: Tensor, grid: list[list[int]], merge: int, order: Tensor | None = None,
                  all_reduce=None, total_heads: int | None = None) -> list[Tensor]:

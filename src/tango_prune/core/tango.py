@@ -24,12 +24,12 @@ class Block(NamedTuple):
     owner: Tensor  # (N * P,) row of ``kept`` representing each token, -1 if none
 
 
-def frame_budget(positions: int, ratio: float, context_ratio: float, min_salient: int = 0) -> tuple[int, int]:
-    """Salient and context tokens per frame: n = ceil(P r) (at least 1), n_s = floor(n (1 - context ratio)), raised
-    to ``min_salient`` (at most n). The release has no floor: with n = 1 (a few dynamic positions, coarse grids) a
-    frame keeps no salient token and its only token is a density vote, which an isolated brief object loses."""
+def frame_budget(positions: int, ratio: float, context_ratio: float) -> tuple[int, int]:
+    """Salient and context tokens per frame: n = ceil(P r) (at least 1), n_s = floor(n (1 - context ratio)).
+    With n = 1 (a few dynamic positions, coarse grids) a frame keeps no salient token: its only token is a density
+    vote, which an isolated brief object loses (docs/method.md, "Brief events")."""
     n = max(1, math.ceil(positions * ratio))
-    n_sal = min(n, max(min_salient, int(n * (1.0 - context_ratio))))
+    n_sal = int(n * (1.0 - context_ratio))
     return n_sal, n - n_sal
 
 
@@ -44,7 +44,7 @@ def prune_block(
     N, P = saliency.shape
     D = features.shape[-1]
     dev = features.device
-    n_sal, n_ctx = frame_budget(P, ratio, cfg.context_ratio, int(cfg.events > 0))
+    n_sal, n_ctx = frame_budget(P, ratio, cfg.context_ratio)
     table = features.reshape(-1, D)
 
     def take(idx: Tensor) -> Tensor:
@@ -101,7 +101,7 @@ def prune_frames(features: Tensor, rot: Tensor, saliency: Tensor, ratio: float, 
     N, P = saliency.shape
     D = features.shape[-1]
     dev = features.device
-    n_sal, n_ctx = frame_budget(P, ratio, cfg.context_ratio, int(cfg.events > 0))
+    n_sal, n_ctx = frame_budget(P, ratio, cfg.context_ratio)
     base = torch.arange(N, device=dev).unsqueeze(1) * P
     if n_sal > 0:
         pos = salient_in_frames(

@@ -194,7 +194,8 @@ def tango_diagnosis(vt: VideoTokens, obj: Tensor, cfg) -> dict:
 
 # Tango's ablation switches and the equal-count variants the probe runs by default, besides every registry method
 SWITCHES = ("tango:budget=exact,tango:segment=fastvid,tango:segment=none,tango:static_merge=off,tango:strope=off,"
-            "tango:context_ratio=0,holitom:budget=exact,vidcom2:floor=exact,evs:floor=exact")
+            "tango:context_ratio=0,tango:brief_frames=1,tango:brief_frames=1:budget=exact,holitom:budget=exact,"
+            "vidcom2:floor=exact,evs:floor=exact")
 
 
 def probe(model, events: list[Event], grids: list[str], methods: list[tuple[str, str, dict]], retention: float,

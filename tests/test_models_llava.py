@@ -103,6 +103,34 @@ def test_batch_of_two_videos_matches_each_alone(model):
     assert torch.equal(both[0], solo[0][0]) and torch.equal(both[1], solo[1][0])
 
 
+def flash(seed, n_frames=T):
+    """A still video with four bright squares in frame 1 only: brief events for TangoConfig.brief_frames (more than
+    the frame's two kept tokens can hold)."""
+    v = video(seed, n_frames=1).expand(1, n_frames, 3, 112, 112).clone()
+    for y, x in ((0, 0), (0, 84), (84, 0), (84, 84)):
+        v[0, 1, :, y : y + 28, x : x + 28] = 3.0
+    return v
+
+
+def test_brief_frames_adds_tokens_and_a_batch_matches_each_alone(model):
+    a, b = flash(8), flash(9, n_frames=3)
+    pa, pb = prompt(), prompt(n_frames=3, pre=(7,), post=(4, 5, 6))
+    with apply(model, "tango", 0.1) as h:
+        model(input_ids=pa, pixel_values_videos=a)
+        plain = h.last_stats[0]["tokens_kept"]
+    with apply(model, "tango", 0.1, brief_frames=1) as h:
+        model(input_ids=pa, pixel_values_videos=a)
+        assert h.last_stats[0]["tokens_kept"] > plain  # the square's tokens are kept in addition
+        solo = [greedy(model, input_ids=p, pixel_values_videos=[v[0]])[:, p.shape[1]:] for p, v in ((pa, a), (pb, b))]
+        S = max(pa.shape[1], pb.shape[1])
+        ids = torch.full((2, S), PAD)
+        mask = torch.zeros(2, S, dtype=torch.long)
+        for i, p in enumerate((pa, pb)):
+            ids[i, S - p.shape[1]:], mask[i, S - p.shape[1]:] = p[0], 1
+        both = greedy(model, input_ids=ids, attention_mask=mask, pixel_values_videos=[a[0], b[0]])[:, S:]
+    assert torch.equal(both[0], solo[0][0]) and torch.equal(both[1], solo[1][0])
+
+
 def test_saliency_sources_are_chosen_and_reported(model):
     ids, pv = prompt(), video(6)
     for mode, name in (("auto", "attention-received"), ("features", "feature-distinctiveness")):

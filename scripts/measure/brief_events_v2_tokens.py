@@ -25,7 +25,7 @@ from tango_prune.testbed.qa import testbed_qa
 from tango_prune.testbed.variants import V2
 
 METHODS = ("tango", "tango:budget=exact", "tango:static_merge=off", "tango:segment=none", "tango:segment=fastvid",
-           "tango:context_ratio=0", "tango:strope=off", "tango:events=2", "tango:brief_frames=1",
+           "tango:context_ratio=0", "tango:strope=off", "tango:brief_frames=1",
            "tango:brief_frames=1:budget=exact", "tango:brief_frames=2", "holitom", "vidcom2", "evs", "dycoke",
            "divprune", "flashvid", "fastvid", "topk", "uniform", "random")
 

@@ -130,7 +130,8 @@ def run_bench(
 
 def format_table(rows: list[dict]) -> str:
     release = {r["frames"]: r["seconds"] for r in rows if r["impl"] == "release"}
-    head = f"{'impl':<12}{'similarity':<11}{'frames':>7}{'median s':>10}{'vs release':>11}{'peak GB':>9}{'rise GB':>9}"
+    w = max([12] + [len(r["impl"]) + 1 for r in rows])  # labels with options (tango:brief_frames=1) run long
+    head = f"{'impl':<{w}}{'similarity':<11}{'frames':>7}{'median s':>10}{'vs release':>11}{'peak GB':>9}{'rise GB':>9}"
     head += f"{'input GB':>9}"
     head += f"{'kept':>8}{'jacc':>7}"
     lines = [head, "-" * len(head)]
@@ -139,7 +140,7 @@ def format_table(rows: list[dict]) -> str:
         vs = f"{speed / r['seconds']:.2f}x" if speed and r["impl"] != "release" else "-"
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         lines.append(
-            f"{r['impl']:<12}{r['similarity']:<11}{r['frames']:>7}{r['seconds']:>10.3f}{vs:>11}"
+            f"{r['impl']:<{w}}{r['similarity']:<11}{r['frames']:>7}{r['seconds']:>10.3f}{vs:>11}"
             f"{fmt(r['peak_rss_gb'], '.2f'):>9}{fmt(r['peak_rise_gb'], '.2f'):>9}{r['input_gb']:>9.2f}{r['kept']:>8}"
             f"{fmt(r['jaccard_vs_exact'], '.3f'):>7}"
         )

@@ -124,6 +124,14 @@ def test_exact_budget_stays_exact_and_keeps_the_object():
     assert kept_as_itself(out, 3 * L + 9)
 
 
+def test_the_vllm_plugins_pruner_keeps_the_object_at_the_reserved_count():
+    from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
+
+    vt = video(3)
+    out = make_pruner(Settings("tango", {"brief_frames": 1}), 0.1)(vt)
+    assert out.num_kept == kept_count(Settings("tango", {}), L, T, 0.1) and kept_as_itself(out, 3 * L + 9)
+
+
 def test_sinks_are_never_brief_and_off_is_the_release():
     vt = video(0)
     out = prune_video_tokens(vt, TangoConfig(retention=0.1, segment="none", brief_frames=2, sink_indices=(9,)))

@@ -8,7 +8,7 @@ from tango_prune.models import apply  # noqa: E402
 from tango_prune.models.llm_stage import PRESETS, LLMStage, resolve  # noqa: E402
 from tango_prune.models.zoo import tiny_model  # noqa: E402
 
-from .test_models_llava import PAD, greedy, prompt, video  # noqa: E402
+from .test_models_llava import batch_and_alone, greedy, prompt, video  # noqa: E402
 from .test_models_qwen import greedy as qwen_greedy, inputs as qwen_inputs  # noqa: E402
 
 FULL = LLMStage(layer=1, keep=1.0, rescale=False)
@@ -112,13 +112,7 @@ def test_batch_of_two_videos_matches_each_alone(model, attn):
         a, b = video(4), video(5, n_frames=2)
         pa, pb = prompt(), prompt(n_frames=2, pre=(7,), post=(4, 5, 6))
         with apply(model, "tango", 0.5, llm_stage=HALF):
-            solo = [greedy(model, input_ids=p, pixel_values_videos=[v[0]])[:, p.shape[1]:] for p, v in ((pa, a), (pb, b))]
-            S = max(pa.shape[1], pb.shape[1])
-            ids = torch.full((2, S), PAD)
-            mask = torch.zeros(2, S, dtype=torch.long)
-            for i, p in enumerate((pa, pb)):
-                ids[i, S - p.shape[1]:], mask[i, S - p.shape[1]:] = p[0], 1
-            both = greedy(model, input_ids=ids, attention_mask=mask, pixel_values_videos=[a[0], b[0]])[:, S:]
+            both, solo = batch_and_alone(model, (pa, a), (pb, b))
     finally:
         model.config._attn_implementation = "sdpa"
         model.model.language_model.config._attn_implementation = "sdpa"

@@ -89,17 +89,23 @@ def test_apply_twice_is_refused_and_unsupported_models_named(model):
     assert "forward" not in model.__dict__  # a refused apply leaves nothing behind
 
 
+def batch_and_alone(model, *pairs):
+    """Greedy replies to (prompt, video) pairs in one left-padded batch (as for generation) and one by one."""
+    solo = [greedy(model, input_ids=p, pixel_values_videos=[v[0]])[:, p.shape[1]:] for p, v in pairs]
+    S = max(p.shape[1] for p, _ in pairs)
+    ids = torch.full((len(pairs), S), PAD)
+    mask = torch.zeros(len(pairs), S, dtype=torch.long)
+    for i, (p, _) in enumerate(pairs):
+        ids[i, S - p.shape[1]:], mask[i, S - p.shape[1]:] = p[0], 1
+    both = greedy(model, input_ids=ids, attention_mask=mask, pixel_values_videos=[v[0] for _, v in pairs])[:, S:]
+    return both, solo
+
+
 def test_batch_of_two_videos_matches_each_alone(model):
     a, b = video(4), video(5, n_frames=2)
     pa, pb = prompt(), prompt(n_frames=2, pre=(7,), post=(4, 5, 6))
     with apply(model, "tango", 0.25):
-        solo = [greedy(model, input_ids=p, pixel_values_videos=[v[0]])[:, p.shape[1]:] for p, v in ((pa, a), (pb, b))]
-        S = max(pa.shape[1], pb.shape[1])
-        ids = torch.full((2, S), PAD)
-        mask = torch.zeros(2, S, dtype=torch.long)
-        for i, p in enumerate((pa, pb)):  # left padding, as for generation
-            ids[i, S - p.shape[1]:], mask[i, S - p.shape[1]:] = p[0], 1
-        both = greedy(model, input_ids=ids, attention_mask=mask, pixel_values_videos=[a[0], b[0]])[:, S:]
+        both, solo = batch_and_alone(model, (pa, a), (pb, b))
     assert torch.equal(both[0], solo[0][0]) and torch.equal(both[1], solo[1][0])
 
 
@@ -121,13 +127,7 @@ def test_brief_frames_adds_tokens_and_a_batch_matches_each_alone(model):
     with apply(model, "tango", 0.1, brief_frames=1) as h:
         model(input_ids=pa, pixel_values_videos=a)
         assert h.last_stats[0]["tokens_kept"] > plain  # the square's tokens are kept in addition
-        solo = [greedy(model, input_ids=p, pixel_values_videos=[v[0]])[:, p.shape[1]:] for p, v in ((pa, a), (pb, b))]
-        S = max(pa.shape[1], pb.shape[1])
-        ids = torch.full((2, S), PAD)
-        mask = torch.zeros(2, S, dtype=torch.long)
-        for i, p in enumerate((pa, pb)):
-            ids[i, S - p.shape[1]:], mask[i, S - p.shape[1]:] = p[0], 1
-        both = greedy(model, input_ids=ids, attention_mask=mask, pixel_values_videos=[a[0], b[0]])[:, S:]
+        both, solo = batch_and_alone(model, (pa, a), (pb, b))
     assert torch.equal(both[0], solo[0][0]) and torch.equal(both[1], solo[1][0])
 
 

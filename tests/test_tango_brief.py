@@ -46,6 +46,19 @@ def test_lagged_similarity_is_the_cosine_k_frames_apart(frames, positions, lags,
                 assert out[k, u].isnan().all()
 
 
+def test_lag1_from_consecutive_similarity_is_used_as_given():
+    from tango_prune.core.segment import consecutive_similarity
+
+    x = torch.randn(7, L, 32, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    tok_sim, _ = consecutive_similarity(x)
+    given = lagged_similarity(x, 3, tok_sim)
+    assert torch.equal(given[1, :6], tok_sim)
+    assert torch.allclose(given, lagged_similarity(x, 3), atol=1e-5, equal_nan=True)
+    assert torch.equal(brief_scores(x, 2, tok_sim).isinf(), brief_scores(x, 2).isinf())
+    with pytest.raises(ValueError, match="lag1 must be"):
+        lagged_similarity(x, 3, tok_sim[:3])
+
+
 @pytest.mark.parametrize("frames", [(0,), (2,), (2, 3), (4, 5), (5,)])
 def test_a_brief_object_scores_high_at_its_onset_only(frames):
     s = brief_scores(video(0, frames=frames).features, 2)

@@ -91,7 +91,7 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
     rank = sal.flatten()
     brief = torch.empty(0, dtype=torch.long, device=feats.device)
     if cfg.brief_frames:
-        score = brief_scores(feats, cfg.brief_frames)
+        score = brief_scores(feats, cfg.brief_frames, tok_sim)
         if sinks:
             score[:, list(sinks)] = float("-inf")
         brief = brief_tokens(score, cfg.brief_tau, math.ceil(L * cfg.retention))

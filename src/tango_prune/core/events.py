@@ -11,23 +11,32 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def lagged_similarity(features: Tensor, lags: int) -> Tensor:
+def lagged_similarity(features: Tensor, lags: int, lag1: Tensor | None = None) -> Tensor:
     """(lags + 1, T, L) float32: [k, u, p] = cos(features[u, p], features[u + k, p]); NaN where u + k >= T.
 
-    Works a frame at a time (at most lags + 1 normalised frames alive), never a video-sized float32 copy."""
+    ``lag1``: the (T - 1, L) lag-1 cosines when the caller has them (``segment.consecutive_similarity``, which
+    Tango computes anyway); they are copied, not recomputed. Works a frame at a time (at most lags + 1 normalised
+    frames alive), never a video-sized float32 copy."""
     T, L, _ = features.shape
     out = torch.full((lags + 1, T, L), float("nan"), dtype=torch.float32, device=features.device)
     out[0] = 1.0
+    first = 1
+    if lag1 is not None and lags >= 1:
+        if lag1.shape != (max(T - 1, 0), L):
+            raise ValueError(f"lag1 must be (T - 1, L) = {(max(T - 1, 0), L)}, got {tuple(lag1.shape)}")
+        out[1, : T - 1] = lag1
+        first = 2
     ring: list[Tensor] = []  # the last `lags` normalised frames, oldest first
     for v in range(T):
         cur = F.normalize(features[v].float(), dim=-1)
         for back, prev in enumerate(reversed(ring), start=1):  # prev is frame v - back
-            out[back, v - back] = (prev * cur).sum(-1)
+            if back >= first:
+                out[back, v - back] = (prev * cur).sum(-1)
         ring = (ring + [cur])[-lags:] if lags else []
     return out
 
 
-def brief_scores(features: Tensor, max_frames: int) -> Tensor:
+def brief_scores(features: Tensor, max_frames: int, lag1: Tensor | None = None) -> Tensor:
     """(T, L) float32: how clearly each token starts a brief event; -inf where none can start.
 
     Token (t, p) starts an event of s <= ``max_frames`` frames when frames t .. t+s-1 at p all differ from the frame
@@ -37,14 +46,14 @@ def brief_scores(features: Tensor, max_frames: int) -> Tensor:
     none of them scores high. At the video's ends, where before or after is missing, the two frames next to the
     present side must stay alike for s + 1 frames, standing in for cos(before, after) (so neither a changing texture
     nor a single change mid-video looks brief at the edges).
-    Videos of fewer than 3 frames score -inf (nothing is brief there).
+    Videos of fewer than 3 frames score -inf (nothing is brief there). ``lag1``: see ``lagged_similarity``.
     """
     T, L, _ = features.shape
     score = torch.full((T, L), float("-inf"), dtype=torch.float32, device=features.device)
     if T < 3 or max_frames < 1:
         return score
     S = min(max_frames, T - 2)
-    lag = lagged_similarity(features, S + 1)
+    lag = lagged_similarity(features, S + 1, lag1)
     for s in range(1, S + 1):
         # Interior onsets t = 1 .. T-1-s, indexed by the frame before, u = t - 1 = 0 .. T-2-s.
         n = T - 1 - s

@@ -20,9 +20,11 @@ import re
 from .runtime import activate, active_settings, announce
 from .settings import Settings, read_settings
 
-# (major, minor) of the oldest and newest vLLM the plugin starts on, both included; what each release is tested
-# with: docs/vllm.md "Versions" (engine runs on 0.31 and 0.32 CPU builds; 0.33, 0.34 checked against their source)
-SUPPORTED_VLLM = ((0, 31), (0, 34))
+# (major, minor) of the oldest and newest vLLM the plugin starts on, both included: the releases whose checks pass
+# (docs/vllm.md "Versions": engine runs on the 0.31 and 0.32 CPU builds; 0.33 source-checked). 0.34 fails the source
+# check (its registry serves Qwen3.5 from vllm.models.qwen3_5, its CPU worker builds the V2 runner, which never reads
+# the flag the plugin's runner sets), so the plugin refuses to start there (tests/test_vllm_versions.py).
+SUPPORTED_VLLM = ((0, 31), (0, 33))
 # architecture -> our subclass: its name in .qwen, or (module of this package, name). Registered as classes, not
 # "module:class" strings: a string makes vLLM inspect the class in a fresh subprocess (~30 s on a 2-core CPU
 # whenever qwen.py changes), while the modules it needs are imported here anyway to patch the counts.
@@ -111,6 +113,43 @@ def _patch_cpu_runner() -> None:
     cpu_worker.CPUModelRunner = TangoCPUModelRunner
     if cpu_worker.CPUModelRunner is not TangoCPUModelRunner:
         raise RuntimeError("tango-prune: could not replace vllm.v1.worker.cpu_worker.CPUModelRunner")
+    _check_cpu_runner_v1()
+
+
+def _check_cpu_runner_v1() -> None:
+    """The CPU worker builds ``cpu_worker.CPUModelRunner`` (the class swapped in) only on its V1 path; with
+    ``use_v2_model_runner`` it builds vLLM's V2 CPU runner, which the swap never reaches. Predict the choice as
+    ``VllmConfig.use_v2_model_runner`` makes it on CPU (the variable, else V2 where Triton has a CPU backend) and
+    refuse rather than start a runner the plugin has not checked."""
+    import vllm.envs as envs
+    from vllm.triton_utils import HAS_TRITON
+
+    v2 = envs.VLLM_USE_V2_MODEL_RUNNER
+    if v2 is None:
+        v2 = bool(HAS_TRITON)
+    if v2:
+        raise RuntimeError("tango-prune: vLLM's CPU worker would build its V2 model runner, which the plugin does "
+                           "not reach (it swaps the V1 CPUModelRunner); set VLLM_USE_V2_MODEL_RUNNER=0 or unset "
+                           "TANGO_PRUNE_METHOD")
+
+
+def _check_registered(classes: dict) -> None:
+    """Each architecture resolves to our class, and our class derives from the class vLLM itself would serve (a
+    release whose registry points elsewhere, e.g. 0.34's Qwen3.5 on CUDA, would otherwise run an old class)."""
+    from vllm import ModelRegistry
+
+    from .coverage import stock_class
+
+    for arch, ours in classes.items():
+        got = ModelRegistry.models[arch].load_model_cls() if arch in ModelRegistry.models else None
+        if got is not ours:
+            raise RuntimeError(f"tango-prune: vLLM's registry resolves {arch} to {got!r}, not {ours.__name__}; the "
+                               f"registration did not take (supported: vLLM {supported_range()})")
+        stock = stock_class(arch)
+        if not issubclass(ours, stock):
+            raise RuntimeError(f"tango-prune: this vLLM serves {arch} as {stock.__module__}.{stock.__qualname__}, "
+                               f"but the plugin subclasses another class; install vLLM {supported_range()} or unset "
+                               f"TANGO_PRUNE_METHOD")
 
 
 def register() -> None:
@@ -129,9 +168,12 @@ def register() -> None:
     _patch_counts(settings)
     import importlib
 
+    classes = {}
     for arch, target in MODELS.items():
         module, cls_name = target if isinstance(target, tuple) else ("qwen", target)
-        ModelRegistry.register_model(arch, getattr(importlib.import_module(f".{module}", __name__), cls_name))
+        classes[arch] = getattr(importlib.import_module(f".{module}", __name__), cls_name)
+        ModelRegistry.register_model(arch, classes[arch])
+    _check_registered(classes)
     _patch_cpu_runner()
     models = list(MODELS)
     try:
@@ -142,7 +184,8 @@ def register() -> None:
         llava_ov = None
     if llava_ov is not None and hasattr(llava_ov, "register_llava_onevision"):
         llava_ov.register_llava_onevision()
-        models.append("LlavaOnevisionForConditionalGeneration")
+        models.append(llava_ov.ARCH)
+        _check_registered({llava_ov.ARCH: llava_ov.TangoLlavaOnevision})
     from .coverage import refuse_uncovered  # vLLM-prunable architectures not in `models` refuse to start
 
     refuse_uncovered(models, version)

@@ -1,7 +1,7 @@
 """Architectures vLLM can prune that the plugin does not cover refuse to start while ``TANGO_PRUNE_METHOD`` is set.
 
 vLLM prunes videos itself (EVS / VidCom2, ``--video-pruning-rate``) in more architectures than the plugin replaces
-(``api.PRUNABLE_ARCHS``, kept complete by ``scripts/vllm_api_check.py``). With a tango-prune method asked for, such
+(``vllm_names.PRUNABLE_ARCHS``, kept complete by ``scripts/vllm_api_check.py``). With a tango-prune method asked for, such
 a model would prune with vLLM's own method instead, silently (and, where its processor lives in a Qwen module whose
 count the plugin replaces, with a count that disagrees with vLLM's mask). The architecture is only known where vLLM
 resolves it, so ``register`` registers each uncovered one that this vLLM has under ``"coverage:<arch>__vllm_<v>"``,
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .api import PRUNABLE_ARCHS
+from .vllm_names import PRUNABLE_ARCHS
 from .runtime import active_settings, log_once
 from .settings import METHOD_VAR, read_settings
 
@@ -52,7 +52,7 @@ def message(arch: str, method: str) -> str:
             f"own pruning")
 
 
-def _stock_class(arch: str) -> type:
+def stock_class(arch: str) -> type:
     """vLLM's own class for ``arch``, from its static table (the live registry may hold this module's entry)."""
     import importlib
 
@@ -63,7 +63,7 @@ def _stock_class(arch: str) -> type:
 
 
 def _refusing_class(arch: str) -> type:
-    base = _stock_class(arch)
+    base = stock_class(arch)
 
     def __init__(self, *, vllm_config, prefix: str | None = None) -> None:
         settings = active_settings() or read_settings()
@@ -91,4 +91,4 @@ def __getattr__(name: str):
     return _classes[name]
 
 
-__all__ = ["lazy_name", "message", "refuse_uncovered"]
+__all__ = ["lazy_name", "message", "refuse_uncovered", "stock_class"]

@@ -34,7 +34,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from ...models.llava_ov import SALIENCY_MODES, SALIENCY_SOURCES, resolve_saliency, sink_preset
 from ...models.saliency import attention_received, cls_attention, load_siglip_head, map_head_attention
 from ...types import Pruned, VideoTokens
-from .runtime import DEBUG_DIR_VAR, announce, dump
+from .runtime import DEBUG_DIR_VAR, announce, dump, log_saliency, require_attrs, tp_size
 from .settings import Settings, kept_count, make_pruner, read_settings
 
 logger = init_logger("vllm.tango_prune")
@@ -46,7 +46,8 @@ def pruning_settings(mm_config) -> tuple[Settings | None, float]:
     ``video_pruning_rate`` unset or 0. Read where it is needed, so that the frontend's processor and the engine's
     model decide alike from the same environment and config."""
     settings = read_settings()
-    rate = getattr(mm_config, "video_pruning_rate", None) or 0.0
+    # None (vLLM's "unset") and 0 both mean no pruning; a missing attribute raises (vllm_names.NEEDS)
+    rate = (None if mm_config is None else mm_config.video_pruning_rate) or 0.0
     if settings is None or rate <= 0.0:
         return None, 1.0
     return settings, 1.0 - float(rate)
@@ -101,6 +102,10 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
             return
         self.supports_multimodal_pruning = True  # this instance only: one video per tower call (module docstring)
         self.tango_saliency, head = saliency_options(settings)
+        block = self._tango_block()  # what the saliency reads of vLLM's tower: present, or start-up stops here
+        require_attrs(block, ("self_attn", "layer_norm1"), f"{type(block).__name__} (LLaVA-OV's vision layer)")
+        require_attrs(block.self_attn, ("qkv_proj", "num_heads_per_partition", "num_heads", "scale", "tp_size"),
+                      f"{type(block.self_attn).__name__} (LLaVA-OV's vision attention)")
         if head is not None:  # the release's saliency: SigLIP's attention-pooling head (LLaVA ships without it)
             p = next(self.vision_tower.parameters())
             self._tango_head = load_siglip_head(head, p.dtype, p.device)
@@ -133,13 +138,9 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         The saliency comes from the same layer and by the same rule as the HF adapter's: the layer that outputs the
         selected features (the last of ``vision_feature_layer``). Its input (and, for the MAP head, its output) is
         caught with a hook for this one call, so the tower itself runs exactly as stock."""
-        cfg = self.config
-        layers = [cfg.vision_feature_layer] if isinstance(cfg.vision_feature_layer, int) else list(cfg.vision_feature_layer)
-        last = layers[-1]
-        idx = last if last >= 0 else cfg.vision_config.num_hidden_layers + 1 + last  # as HF hidden_states index it
-        strategy = cfg.vision_feature_select_strategy
+        strategy = self.config.vision_feature_select_strategy
         mode = self._tango_mode()
-        block = self.vision_tower.vision_model.encoder.layers[idx - 1]
+        block = self._tango_block()
         seen: dict[str, Tensor] = {}
         hooks = []
         if mode != "features":
@@ -166,12 +167,20 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         pooled = self.apply_pooling(sal.unsqueeze(-1).to(feats.dtype)).squeeze(-1).float()
         return feats, pooled
 
+    def _tango_block(self):
+        """The tower layer that outputs the selected features (the last of ``vision_feature_layer``)."""
+        cfg = self.config
+        layers = [cfg.vision_feature_layer] if isinstance(cfg.vision_feature_layer, int) else list(cfg.vision_feature_layer)
+        last = layers[-1]
+        idx = last if last >= 0 else cfg.vision_config.num_hidden_layers + 1 + last  # as HF hidden_states index it
+        return self.vision_tower.vision_model.encoder.layers[idx - 1]
+
     @staticmethod
     def _tango_all_heads(sal: Tensor, block) -> Tensor:
         """Under tensor parallelism each rank sees its own heads: average over all of them, so that every rank
         keeps the same tokens."""
         attn = block.self_attn
-        if getattr(attn, "tp_size", 1) == 1:
+        if tp_size(attn, "SiglipAttention") == 1:
             return sal
         from vllm.distributed import tensor_model_parallel_all_reduce
 
@@ -190,6 +199,7 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         want = kept_count(self.tango_prune_settings, grid[0] * grid[1], vt.grid[0], self._tango_retention)
         if kept.num_kept != want:
             raise ValueError(f"{self.tango_prune_settings.method} kept {kept.num_kept} tokens, the prompt reserved {want}")
+        log_saliency(self._tango_source(), from_tower=self._tango_mode() != "features")
         if os.environ.get(DEBUG_DIR_VAR):  # the Qwen classes' debug dump, same record format
             dump(vt, kept, self._tango_source(), self._tango_retention)
         return kept

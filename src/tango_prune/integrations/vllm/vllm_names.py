@@ -1,25 +1,35 @@
-"""Every vLLM name the plugin replaces, subclasses, overrides, calls or reads, as data, in one place.
+"""The table of vLLM names: every vLLM name the plugin replaces, subclasses, overrides, calls or reads, as data.
 
 ``scripts/vllm_api_check.py WHEEL_OR_DIR...`` checks each against a vLLM release's *source* (a wheel it never
 installs or imports, or an installed ``site-packages``), so a new release can be judged before it is installed.
-Whoever changes the plugin's use of vLLM changes this list in the same commit: a name used but not listed is a
-name no check guards.
+Whoever changes the plugin's use of vLLM changes this table in the same commit: a name used but not listed is a
+name no check guards. A name read with a fallback (a ``getattr`` default, ``or 0.0``) says so in ``fallback``; every
+other instance attribute the plugin reads is checked on the live object at model init (``runtime.require_attrs``)
+and a missing one stops start-up with one line.
 
 A ``Need`` is ``module:Qual.name`` plus what the plugin needs of it:
 
-  module  the module exists
-  name    a module-level name is bound (defined, imported, or exported by the module's ``__getattr__``)
-  class   it is a class (followed through imports)
-  exact   a function or method (found along the class's bases in that release) with exactly these parameter
-          names: what the plugin overrides or replaces is called by vLLM with vLLM's own arguments
-  call    the plugin calls it: ``params`` = (number of positional arguments, self included, then the keyword
-          names); it must bind them like Python would
-  attr    the class (or a base) defines it: a method, a class-level name, or ``self.<attr> = ...`` in a method
-  reads   a method of the class (or a base) reads ``self.<attr>`` (what the plugin sets must be used)
-  hook    a module-level function the plugin *replaces* (vLLM's plugin hook): exact parameters, and the module
-          calls it through its global name, so replacing the module attribute takes effect
+  module     the module exists
+  name       a module-level name is bound (defined, imported, or exported by the module's ``__getattr__``)
+  class      it is a class (followed through imports)
+  exact      a function or method (found along the class's bases in that release) with exactly these parameter
+             names: what the plugin overrides or replaces is called by vLLM with vLLM's own arguments
+  call       the plugin calls it: ``params`` = (number of positional arguments, self included, then the keyword
+             names); it must bind them like Python would
+  attr       the class (or a base) defines it: a method, a class-level name or field, or ``self.<attr> = ...``
+  reads      a method of the class (or a base) reads ``self.<attr>`` (what the plugin sets must be used)
+  hook       a module-level function the plugin *replaces* (vLLM's plugin hook): exact parameters, and the module
+             calls it through its global name, so replacing the module attribute takes effect
+  constructs the module instantiates the class through its global name (``Name(...)``), so replacing the module
+             attribute changes what is built (the CPU-runner swap)
 
-``platform="cpu"``: needed only where vLLM runs on CPU (the CPU-runner replacement); skipped for CUDA wheels.
+``platform="cpu"``: needed only where vLLM runs on CPU (the CPU-runner replacement). A CUDA wheel carries the same
+Python source for its CPU worker, so the check reads these there too.
+
+``SUBCLASSED``: for each architecture the plugin registers, the vLLM class it subclasses. The source check requires
+that vLLM's own registry entry for the architecture resolves to exactly that class on every import branch (else the
+plugin would serve an older implementation than stock vLLM, or subclass the wrong one), and ``register`` checks the
+same at start-up.
 """
 from __future__ import annotations
 
@@ -37,6 +47,7 @@ class Need(NamedTuple):
     params: tuple = ()
     platform: str = "any"
     used_in: str = ""
+    fallback: str = ""  # what the plugin does when the name is missing ("" = no fallback: start-up stops)
 
 
 def _model(cls: str, used_in: str) -> list[Need]:
@@ -59,13 +70,20 @@ NEEDS: tuple[Need, ...] = (
     Need("vllm.platforms:current_platform", "name", used_in="__init__"),
     Need("vllm.platforms.interface:Platform.is_cpu", "call", (1,), used_in="__init__"),
     Need("vllm.v1.worker.cpu_worker:CPUModelRunner", "class", platform="cpu", used_in="__init__"),
+    Need("vllm.v1.worker.cpu_worker:CPUModelRunner", "constructs", platform="cpu",
+         used_in="__init__ (the worker builds the runner the plugin swapped in)"),
     Need("vllm.v1.worker.cpu_worker:CPUModelRunner.load_model", "exact", ("self", "load_dummy_weights"), "cpu", "__init__"),
     Need("vllm.v1.worker.cpu_worker:CPUModelRunner.get_model", "call", (1,), "cpu", "__init__"),
     Need("vllm.v1.worker.cpu_worker:CPUModelRunner.model_config", "attr", platform="cpu", used_in="__init__"),
     Need("vllm.v1.worker.cpu_worker:CPUModelRunner.is_multimodal_pruning_enabled", "reads", platform="cpu",
          used_in="__init__ (the runner must act on the flag the plugin sets)"),
     Need("vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled", "call", (1,), used_in="__init__, coverage"),
-    Need("vllm.config.multimodal:MultiModalConfig.video_pruning_rate", "attr", used_in="llava_ov"),
+    Need("vllm.config.model:ModelConfig.multimodal_config", "attr", used_in="__init__ (CPU runner)"),
+    Need("vllm.config.vllm:VllmConfig.use_v2_model_runner", "attr", used_in="__init__ (predicted on CPU: refuse V2)"),
+    Need("vllm.envs:VLLM_USE_V2_MODEL_RUNNER", "name", used_in="__init__ (CPU runner V1 or V2)"),
+    Need("vllm.triton_utils:HAS_TRITON", "name", used_in="__init__ (CPU runner V1 or V2)"),
+    Need("vllm.config.multimodal:MultiModalConfig.video_pruning_rate", "attr", used_in="llava_ov",
+         fallback="None or 0 is vLLM's own 'unset': pruning off"),
     Need("vllm.logger:init_logger", "call", (1,), used_in="runtime, llava_ov"),
     Need("vllm.distributed:tensor_model_parallel_all_reduce", "call", (1,), used_in="qwen, llava_ov"),
     # cli/serve.py: the module `tango-prune serve` runs (python -m; what `vllm serve` starts)
@@ -76,13 +94,20 @@ NEEDS: tuple[Need, ...] = (
     Need(Q25 + "Qwen2_5_VLForConditionalGeneration._postprocess_video_embeds_evs", "exact",
          ("self", "video_embeds_split", "video_input"), used_in="qwen"),
     *(Need(Q25 + f"Qwen2_5_VLForConditionalGeneration.{a}", "attr", used_in="qwen")
-      for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config", "use_data_parallel")),
+      for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config")),
+    Need(Q25 + "Qwen2_5_VLForConditionalGeneration.use_data_parallel", "attr", used_in="qwen",
+         fallback="qwen.py: getattr(self, 'use_data_parallel', False), i.e. tensor-parallel tower"),
+    *(Need(Q25 + f"Qwen2_5_VLVideoPixelInputs.{a}", "attr", used_in="qwen (video_input[...], Qwen3-VL too)")
+      for a in ("type", "video_grid_thw", "second_per_grid_ts", "timestamps")),
+    Need(Q25 + "Qwen2_5_VLImagePixelInputs.image_grid_thw", "attr", used_in="qwen (Qwen3 image positions)"),
     Need(Q25 + "Qwen2_5_VisionTransformer.prepare_encoder_metadata", "call", (2,), used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.blocks", "attr", used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.spatial_merge_size", "attr", used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionBlock.attn", "attr", used_in="qwen"),
     *(Need(Q25 + f"Qwen2_5_VisionAttention.{a}", "attr", used_in="qwen, saliency")
-      for a in ("attn", "num_attention_heads_per_partition", "tp_size")),
+      for a in ("attn", "num_attention_heads_per_partition")),
+    Need(Q25 + "Qwen2_5_VisionAttention.tp_size", "attr", used_in="qwen, saliency",
+         fallback="none: qwen.py reads attn.tp_size with no default; runtime.tp_size / require_attrs stop model init"),
     Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention", "class", used_in="saliency"),
     Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention.forward_native", "call",
          (1, "query", "key", "value"), used_in="saliency (the pre-hook reads query/key)"),
@@ -104,8 +129,9 @@ NEEDS: tuple[Need, ...] = (
     Need(Q3 + "Qwen3VLForConditionalGeneration.recompute_mrope_positions", "exact",
          ("self", "input_ids", "multimodal_embeddings", "mrope_positions", "num_computed_tokens"), used_in="qwen"),
     *(Need(Q3 + f"Qwen3VLForConditionalGeneration.{a}", "attr", used_in="qwen")
-      for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config", "use_data_parallel",
-                "_tokenizer")),
+      for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config", "_tokenizer")),
+    Need(Q3 + "Qwen3VLForConditionalGeneration.use_data_parallel", "attr", used_in="qwen",
+         fallback="qwen.py: getattr(self, 'use_data_parallel', False), i.e. tensor-parallel tower"),
     Need(Q3 + "Qwen3VLMultiModalProcessor.get_video_repl", "call",
          (0, "tokens_per_frame", "timestamps", "tokenizer", "vision_start_token_id", "vision_end_token_id", "video_token_id",
           "select_token_id"), used_in="qwen"),
@@ -133,8 +159,14 @@ NEEDS: tuple[Need, ...] = (
     Need("vllm.multimodal.registry:MultiModalRegistry.register_processor", "call", (2, "info", "dummy_inputs"),
          used_in="llava_ov"),
     Need("vllm.multimodal.processing:InputProcessingContext.get_mm_config", "call", (1,), used_in="llava_ov"),
-    *(Need(M + f"siglip:SiglipAttention.{a}", "attr", used_in="models.saliency (LLaVA-OV's tower)")
-      for a in ("qkv_proj", "num_heads_per_partition", "scale")),
+    *(Need(M + f"siglip:SiglipAttention.{a}", "attr",
+           used_in="llava_ov, models.saliency (LLaVA-OV's tower; require_attrs at model init)")
+      for a in ("qkv_proj", "num_heads_per_partition", "num_heads", "scale", "tp_size")),
+    *(Need(M + f"siglip:SiglipEncoderLayer.{a}", "attr", used_in="llava_ov, models.saliency (require_attrs)")
+      for a in ("self_attn", "layer_norm1")),
+    Need(M + "siglip:SiglipEncoder.layers", "attr", used_in="llava_ov"),
+    Need(M + "siglip:SiglipVisionTransformer.encoder", "attr", used_in="llava_ov"),
+    Need(M + "siglip:SiglipVisionModel.vision_model", "attr", used_in="llava_ov"),
 )
 
 # Architectures vLLM itself can prune (their class, or a base, declares SupportsMultiModalPruning or sets
@@ -152,4 +184,14 @@ PRUNABLE_ARCHS: frozenset[str] = frozenset({
     "Qwen4ExpForConditionalGeneration",
 })
 
-__all__ = ["NEEDS", "Need", "PRUNABLE_ARCHS"]
+# architecture -> the vLLM class the plugin's subclass derives from (integrations/vllm: qwen, qwen3_5, llava_ov)
+SUBCLASSED: dict[str, str] = {
+    "Qwen2_5_VLForConditionalGeneration": Q25 + "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": Q3 + "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration": M + "qwen3_vl_moe:Qwen3VLMoeForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": M + "qwen3_5:Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration": M + "qwen3_5:Qwen3_5MoeForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": LOV + "LlavaOnevisionForConditionalGeneration",
+}
+
+__all__ = ["NEEDS", "Need", "PRUNABLE_ARCHS", "SUBCLASSED"]

@@ -98,6 +98,14 @@ def check_need(r: Resolver, need) -> tuple[str, str]:
     if got[0] != "class":
         return "MISSING", f"{first} is a {got[0]}, not a class"
     cls, attr = got, rest[0]
+    if need.kind == "reads" and need.params:  # this method itself reads self.<params[0]>
+        m = r.member(cls, attr)
+        if m is None or m[0] != "def":
+            return "MISSING", f"{first} and its bases have no method {attr}"
+        if any(isinstance(n, ast.Attribute) and n.attr == need.params[0] and isinstance(n.ctx, ast.Load) and
+               isinstance(n.value, ast.Name) and n.value.id == "self" for n in ast.walk(m[2])):
+            return "ok", f"{m[1]}:{m[2].lineno}"
+        return "MISSING", f"{attr} (at {m[1]}:{m[2].lineno}) no longer reads self.{need.params[0]}"
     if need.kind in ("attr", "reads"):
         m = r.member(cls, attr)
         if need.kind == "attr" and m is not None:

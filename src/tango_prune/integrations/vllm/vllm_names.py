@@ -17,7 +17,8 @@ A ``Need`` is ``module:Qual.name`` plus what the plugin needs of it:
   call       the plugin calls it: ``params`` = (number of positional arguments, self included, then the keyword
              names); it must bind them like Python would
   attr       the class (or a base) defines it: a method, a class-level name or field, or ``self.<attr> = ...``
-  reads      a method of the class (or a base) reads ``self.<attr>`` (what the plugin sets must be used)
+  reads      a method of the class (or a base) reads ``self.<attr>`` (what the plugin sets must be used); with
+             ``params=(name,)``, ``Class.method`` itself reads ``self.<name>``
   hook       a module-level function the plugin *replaces* (vLLM's plugin hook): exact parameters, and the module
              calls it through its global name, so replacing the module attribute takes effect
   constructs the module instantiates the class through its global name (``Name(...)``), so replacing the module
@@ -79,9 +80,10 @@ NEEDS: tuple[Need, ...] = (
          used_in="__init__ (the runner must act on the flag the plugin sets)"),
     Need("vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled", "call", (1,), used_in="__init__, coverage"),
     Need("vllm.config.model:ModelConfig.multimodal_config", "attr", used_in="__init__ (CPU runner)"),
-    Need("vllm.config.vllm:VllmConfig.use_v2_model_runner", "attr", used_in="__init__ (predicted on CPU: refuse V2)"),
-    Need("vllm.envs:VLLM_USE_V2_MODEL_RUNNER", "name", used_in="__init__ (CPU runner V1 or V2)"),
-    Need("vllm.triton_utils:HAS_TRITON", "name", used_in="__init__ (CPU runner V1 or V2)"),
+    Need("vllm.config.vllm:VllmConfig.use_v2_model_runner", "attr", platform="cpu",
+         used_in="__init__ (the rule the CPU worker picks V1 or V2 by; the plugin predicts it and refuses V2)"),
+    Need("vllm.envs:VLLM_USE_V2_MODEL_RUNNER", "name", platform="cpu", used_in="__init__ (CPU runner V1 or V2)"),
+    Need("vllm.triton_utils:HAS_TRITON", "name", platform="cpu", used_in="__init__ (CPU runner V1 or V2)"),
     Need("vllm.config.multimodal:MultiModalConfig.video_pruning_rate", "attr", used_in="llava_ov",
          fallback="None or 0 is vLLM's own 'unset': pruning off"),
     Need("vllm.logger:init_logger", "call", (1,), used_in="runtime, llava_ov"),
@@ -100,6 +102,12 @@ NEEDS: tuple[Need, ...] = (
     *(Need(Q25 + f"Qwen2_5_VLVideoPixelInputs.{a}", "attr", used_in="qwen (video_input[...], Qwen3-VL too)")
       for a in ("type", "video_grid_thw", "second_per_grid_ts", "timestamps")),
     Need(Q25 + "Qwen2_5_VLImagePixelInputs.image_grid_thw", "attr", used_in="qwen (Qwen3 image positions)"),
+    # with pruning on, vLLM keeps the Qwen towers out of its encoder CUDA graphs (which would bypass the pruning step)
+    *(Need(f"{cls}.get_encoder_cudagraph_config", "reads", ("is_multimodal_pruning_enabled",),
+           used_in="qwen (the pruning step runs eagerly)") for cls in (Q25 + "Qwen2_5_VLForConditionalGeneration",
+                                                                       Q3 + "Qwen3VLForConditionalGeneration")),
+    *(Need(f"vllm.config.compilation:CompilationConfig.{a}", "attr", used_in="docs/vllm.md (GPU path)")
+      for a in ("compile_mm_encoder", "cudagraph_mm_encoder")),
     Need(Q25 + "Qwen2_5_VisionTransformer.prepare_encoder_metadata", "call", (2,), used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.blocks", "attr", used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.spatial_merge_size", "attr", used_in="qwen"),

@@ -137,3 +137,53 @@ def test_version_range_edges(monkeypatch, version, ok):
     else:
         with pytest.raises(RuntimeError, match=r"supports vLLM 0\.31 to 0\.33, found "):
             plugin._check_version()
+
+
+# -- the guards the model classes call at init and on the first video (in-process, no engine) --------------------
+@pytest.fixture
+def plugin_log(monkeypatch, caplog):
+    import logging
+
+    from tango_prune.integrations.vllm import runtime
+
+    monkeypatch.setattr(runtime, "_logger", lambda: logging.getLogger("test.tango_prune"))
+    monkeypatch.setattr(runtime, "_logged", set())
+    caplog.set_level(logging.DEBUG, logger="test.tango_prune")
+    return runtime, caplog
+
+
+def test_saliency_fallback_logged_at_warning_once(plugin_log):
+    """The tower's saliency is routine (INFO); any other source changes the kept tokens, so it shows at WARNING, once
+    per source in each process, however many videos use it."""
+    import logging
+
+    runtime, caplog = plugin_log
+    for _ in range(3):
+        runtime.log_saliency("attention-received", from_tower=True)
+        runtime.log_saliency("feature-distinctiveness", from_tower=False)
+    got = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert got == [(logging.INFO, "tango-prune: saliency source: attention-received"),
+                   (logging.WARNING, "tango-prune: saliency source: feature-distinctiveness (not the vision tower's "
+                                     "attention: the kept tokens differ from the default's)")], got
+    runtime.log_once("k", "old call %s", "form")  # the signature the model classes used before the level argument
+    assert caplog.records[-1].levelno == logging.INFO and caplog.records[-1].getMessage() == "old call form"
+
+
+def test_missing_vllm_attribute_stops_with_one_line():
+    """A vLLM attribute the plugin reads (here the attention's tp_size) is never defaulted: a release that renamed it
+    stops model init with one line naming it, instead of skipping the saliency all-reduce."""
+    from tango_prune.integrations.vllm.runtime import MissingVllmName, require_attrs, tp_size
+
+    class Attn:
+        num_heads = 16
+
+    with pytest.raises(MissingVllmName) as info:
+        tp_size(Attn(), "SiglipAttention")
+    assert str(info.value).startswith("tango-prune: vLLM's SiglipAttention has no attribute 'tp_size' ")
+    assert "\n" not in str(info.value)
+    attn = Attn()
+    attn.tp_size = 2
+    assert tp_size(attn) == 2
+    require_attrs(attn, ("tp_size", "num_heads"), "SiglipAttention")
+    with pytest.raises(MissingVllmName, match="has no attribute 'scale'"):
+        require_attrs(attn, ("tp_size", "scale", "qkv_proj"), "SiglipAttention")

@@ -1,24 +1,24 @@
-"""M-RoPE positions of a pruned Qwen3-family prompt, placed prefill chunk by prefill chunk, the same however the
-scheduler cuts the prompt.
+"""M-RoPE positions of a pruned Qwen prompt (Qwen2.5-VL, Qwen3-VL, Qwen3.5): the same however the scheduler cuts
+the prompt into prefill chunks, and however much of it a prefix-cache hit skips.
 
-Why not vLLM's own (``vllm.multimodal.video_prune.evs.recompute_mrope_positions``, vLLM 0.32): it finds where a chunk
-resumes inside a video by counting video placeholders in the *prompt*. A pruned Qwen3 prompt holds all of a video's
-placeholders in its first frame's slot, while the embedding rows lay them out frame by frame (timestamp text,
-vision start, the frame's kept tokens, vision end), so a chunk that starts inside a video gets every position after it
-shifted (measured: by the first timestamp's length + 1). Where the scheduler cuts depends on the other requests in
-the batch, so answers did too (issue 25: 32 of 64 Qwen3-VL answers changed when sent together). Second, vLLM stores
-the positions as extra channels in the embedding's dtype, and bfloat16 holds integers exactly only up to 256.
+Two steps, as vLLM's runner calls them:
 
-Here each media item's rows carry ``FIELDS`` (relative t, h, w; the row's index in its item; the item's number of
-rows before its first vision start; its kind), every integer written as two base-256 digits, exact in any float
-dtype. Placement needs only the prompt ids and those channels:
+  * ``layout`` (from the model's ``get_mrope_input_positions``, once per request, before any chunk runs) numbers the
+    whole prompt from the ids and the media grids alone. Every text token gets its final position: after a media item,
+    text continues where it continues after the *unpruned* item (the stock model's numbering, and what
+    ``apply()`` gives in Hugging Face), which depends on the grid, never on which tokens the pruner kept. Media rows get
+    a provisional position (their item's base).
+  * ``place`` (from ``recompute_mrope_positions``, once per prefill chunk) writes the exact position of each media
+    row in the chunk, from the channels ``encode`` appended to the row's embedding. Text is never rewritten.
 
-  * an item whose first row is row r > 0 continues one cut by the previous chunk: it starts at ``num_computed``, and
-    its base is the position already given to its row 0 (whose relative position is (0, 0, 0));
-  * an item starting at row 0 is found in the prompt after the previous one: a video at its first vision start
-    followed by a video token (the pruned prompt's lumped run), minus its leading timestamp rows; an image at its
-    first image token. Its base is the previous token's largest position + 1;
-  * text continues from the previous token's largest position + 1 (what vLLM's unpruned numbering gives too).
+Why the split (issue 35): a prefix-cache hit skips the chunks that hold a video, so nothing ever recomputes what comes
+after it; vLLM's own layout of a pruned prompt numbers the text after a video for placeholders that are not there
+(Qwen3: the lumped run of a pruned video read as whole frames; Qwen2.5-VL: an unpruned grid's worth of tokens, which
+with two videos runs past the second one and crashes vLLM's step). Answers then changed when a video was asked again.
+
+The channels carry ``FIELDS`` per row (relative t, h, w; the row's index in its item; the rows before the item's
+first vision start; its kind), every integer as ``DIGITS`` base-256 digits: exact in any float dtype (bfloat16 holds
+integers exactly only to 256) up to 256**DIGITS, far past an hour of video.
 """
 from __future__ import annotations
 
@@ -27,14 +27,18 @@ from torch import Tensor
 
 FIELDS = ("t", "h", "w", "row", "lead", "kind")
 T, H, W, ROW, LEAD, KIND = range(len(FIELDS))
-KIND_VIDEO, KIND_IMAGE = 1, 2
-CHANNELS = 2 * len(FIELDS)  # each field as (high, low) base-256 digits
-_LIMIT = 256 * 256
+# KIND_VIDEO: a Qwen3-family video (rows = timestamps, vision start/end and the kept tokens, frame by frame);
+# KIND_IMAGE: image rows; KIND_VIDEO_RUN: a Qwen2.5-VL video (rows = the kept tokens only)
+KIND_VIDEO, KIND_IMAGE, KIND_VIDEO_RUN = 1, 2, 3
+DIGITS = 3
+CHANNELS = DIGITS * len(FIELDS)
+LIMIT = 256 ** DIGITS
+_PLACES = torch.tensor([256 ** (DIGITS - 1 - i) for i in range(DIGITS)])
 
 
 def encode(rel: Tensor, lead: int, kind: int, dtype: torch.dtype) -> Tensor:
     """(L, CHANNELS) channels for an item's L rows: ``rel`` (L, 3) relative (t, h, w) positions, ``lead`` rows before
-    its first vision start, ``kind`` KIND_VIDEO or KIND_IMAGE."""
+    its first vision start, ``kind`` one of the KIND_* constants."""
     rel = rel.long()
     n = rel.shape[0]
     fields = torch.empty(n, len(FIELDS), dtype=torch.long, device=rel.device)
@@ -42,25 +46,57 @@ def encode(rel: Tensor, lead: int, kind: int, dtype: torch.dtype) -> Tensor:
     fields[:, ROW] = torch.arange(n, device=rel.device)
     fields[:, LEAD] = lead
     fields[:, KIND] = kind
-    if n and (int(fields.min()) < 0 or int(fields.max()) >= _LIMIT):
-        raise ValueError(f"media positions must lie in [0, {_LIMIT}), got [{int(fields.min())}, {int(fields.max())}]")
-    return torch.stack([fields // 256, fields % 256], dim=2).flatten(1).to(dtype)
+    if n and (int(fields.min()) < 0 or int(fields.max()) >= LIMIT):
+        raise ValueError(f"media positions must lie in [0, {LIMIT}), got [{int(fields.min())}, {int(fields.max())}]")
+    places = _PLACES.to(rel.device)
+    return ((fields[..., None] // places) % 256).flatten(1).to(dtype)
 
 
 def decode(channels: Tensor) -> Tensor:
     """(L, CHANNELS) -> (L, len(FIELDS)) long. Raises if the channels are not ``encode``'s."""
-    digits = channels.round().long().view(channels.shape[0], len(FIELDS), 2)
-    fields = digits[..., 0] * 256 + digits[..., 1]
-    if fields.shape[0] and not bool(((fields[:, KIND] == KIND_VIDEO) | (fields[:, KIND] == KIND_IMAGE)).all()):
+    digits = channels.round().long().view(channels.shape[0], len(FIELDS), DIGITS)
+    fields = (digits * _PLACES.to(digits.device)).sum(-1)
+    kinds = fields[:, KIND]
+    if fields.shape[0] and not bool(((kinds == KIND_VIDEO) | (kinds == KIND_IMAGE) | (kinds == KIND_VIDEO_RUN)).all()):
         raise RuntimeError("tango-prune: a media embedding reached the position step without tango-prune's position "
                            "channels; every image and video must pass through the plugin's model class")
     return fields
 
 
-def _fill_text(pos: Tensor, a: int, b: int) -> None:
-    if b > a:
-        start = int(pos[:, a - 1].max()) + 1 if a > 0 else 0
-        pos[:, a:b] = torch.arange(start, start + b - a, device=pos.device)
+def layout(n: int, run_start: Tensor, run_len: Tensor, run_extent: Tensor) -> tuple[Tensor, int]:
+    """Positions (3, n) of a prompt of n tokens and its M-RoPE delta, exact for every text token.
+
+    The media tokens form runs (a run may be empty: a pruned frame whose tokens all went elsewhere): run i starts at
+    prompt index ``run_start[i]``, holds ``run_len[i]`` tokens and spans ``run_extent[i]`` positions unpruned, so the
+    token after it sits ``1 + run_extent[i]`` past the token before it. Each run's tokens sit provisionally at its
+    first position (``place`` moves them). Everything else counts up by one."""
+    step = torch.ones(n + 1, dtype=torch.long)
+    start, length, extent = (x.long().flatten() for x in (run_start, run_len, run_extent))
+    inside = torch.zeros(n + 2, dtype=torch.long)  # the second and later tokens of each run do not advance
+    long_runs = length > 1
+    inside.index_add_(0, start[long_runs] + 1, torch.ones_like(start[long_runs]))
+    inside.index_add_(0, start[long_runs] + length[long_runs], -torch.ones_like(start[long_runs]))
+    step[inside.cumsum(0)[: n + 1] > 0] = 0
+    step[start + length] = extent + (length == 0).long()  # index n (a run ends the prompt) is a spare slot
+    pos = step.cumsum(0)[:n] - 1
+    # decoding continues one past the last token, as in ``place`` (which sees the last token's final position)
+    return pos.expand(3, n).clone(), int(pos[-1]) + 1 - n if n else 0
+
+
+def frame_rows(repl: Tensor, *, vision_start: int, vision_end: int, video: int, extent: int, kept: Tensor,
+               grid_w: int) -> Tensor:
+    """Relative (t, h, w) positions (L, 3) of a pruned Qwen3-family video's L rows (``repl``: the ids of its
+    timestamps, vision starts, kept tokens and vision ends, frame by frame). ``kept``: each kept token's index in its
+    frame (row order); ``extent``: max(merged grid h, w). A frame's tokens sit at (s, s + h, s + w), s one past its
+    vision start; text rows count up and continue one past the unpruned frame, as vLLM numbers an unpruned video."""
+    starts = (repl == vision_start).nonzero().flatten()
+    ends = (repl == vision_end).nonzero().flatten()
+    pos, _ = layout(repl.numel(), starts + 1, ends - starts - 1, torch.full_like(starts, extent))
+    rel = pos.T.clone()
+    tokens = repl == video
+    rel[tokens, 1] += kept // grid_w
+    rel[tokens, 2] += kept % grid_w
+    return rel
 
 
 def _find_start(ids: Tensor, cursor: int, item: Tensor, vision_start: int, video: int, image: int) -> int:
@@ -70,43 +106,38 @@ def _find_start(ids: Tensor, cursor: int, item: Tensor, vision_start: int, video
         hits = ((ids[j0:-1] == vision_start) & (ids[j0 + 1:] == video)).nonzero()
         found = j0 + int(hits[0]) - lead if len(hits) else -1
     else:
-        hits = (ids[cursor:] == image).nonzero()
+        hits = (ids[cursor:] == (image if kind == KIND_IMAGE else video)).nonzero()
         found = cursor + int(hits[0]) if len(hits) else -1
     if found < 0:
-        raise RuntimeError(f"tango-prune: no {'video' if kind == KIND_VIDEO else 'image'} placeholder after prompt "
+        raise RuntimeError(f"tango-prune: no {'image' if kind == KIND_IMAGE else 'video'} placeholder after prompt "
                            f"position {cursor} for a media item of this chunk")
     return found
 
 
 def place(input_ids: Tensor, items: list[Tensor], positions: Tensor, num_computed: int, *, vision_start: int,
           video: int, image: int) -> tuple[Tensor, int]:
-    """Positions (3, N) for a prompt of N ids after the prefill chunk starting at ``num_computed`` that holds the
-    media rows ``items`` (decoded fields, in prompt order, as vLLM's runner slices them), and the M-RoPE delta.
-    Positions before ``num_computed`` are kept; everything after the chunk's last item is numbered as text (later
-    chunks place their items over it)."""
+    """``positions`` (3, N, from ``layout``) with the media rows of the prefill chunk starting at ``num_computed``
+    placed, and the M-RoPE delta. ``items``: the chunk's media rows, decoded, one tensor per item in prompt order (as
+    vLLM's runner slices them). An item's base is one past the largest position of the token before its row 0: text,
+    or the last row of a Qwen3 video (a vision end, whose position ``layout`` already made exact)."""
     pos = positions.clone()
     n = int(input_ids.numel())
-    items = [it for it in items if it.shape[0]]
-    if not items:
-        return pos, int(pos.max()) + 1 - n
     ids = input_ids.to("cpu", torch.long)
     cursor = num_computed
-    for i, it in enumerate(items):
+    for i, it in enumerate(item for item in items if item.shape[0]):
         row0 = int(it[0, ROW])
-        if row0 > 0:  # the rest of an item a previous chunk began
+        if row0 > 0:  # the rest of an item that a previous chunk (or a prefix-cache hit) began
             if i != 0:
                 raise RuntimeError("tango-prune: only a chunk's first media item can continue a previous chunk's")
             p = num_computed
-            base = int(pos[0, p - row0])
         else:
             p = _find_start(ids, cursor, it, vision_start, video, image)
-            _fill_text(pos, cursor, p)
-            base = int(pos[:, p - 1].max()) + 1 if p > 0 else 0
+        first = p - row0
+        base = int(pos[:, first - 1].max()) + 1 if first > 0 else 0
         end = p + it.shape[0]
         if end > n:
             raise RuntimeError(f"tango-prune: a media item of {it.shape[0]} rows at prompt position {p} runs past the "
                                f"prompt's {n} tokens")
         pos[:, p:end] = it[:, :3].T.to(pos.device) + base
         cursor = end
-    _fill_text(pos, cursor, n)
-    return pos, int(pos.max()) + 1 - n
+    return pos, int(pos[:, -1].max()) + 1 - n if n else 0

@@ -7,8 +7,10 @@ subclasses override that step (and ``_process_video_input``, to capture the sali
 
   * the kept rows are exactly ``settings.kept_count`` (the count the patched processor reserved), sorted by
     position, carrying the method's (possibly merged) features;
-  * every kept token keeps the (t, h, w) position the unpruned video would have given it, so text after the
-    video continues where the stock model would continue;
+  * every kept token keeps the (t, h, w) position the unpruned video would have given it, and text after a media
+    item continues where it continues after the unpruned item, so the numbering of a prompt depends on its ids and
+    grids alone, never on which tokens were kept: ``get_mrope_input_positions`` numbers every text token before any
+    chunk runs, and a prefix-cache hit that skips a video leaves nothing to recompute (``positions``);
   * saliency is the per-frame global query of the last ViT block (``core.saliency.global_query``), the source the
     Hugging Face adapter uses; with ``saliency: features`` in the options, precomputed ``video_embeds`` inputs or
     a data-parallel tower it is None and the method falls back to its feature-only score (logged once);
@@ -23,7 +25,6 @@ and output there (for tests and debugging).
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
@@ -37,7 +38,7 @@ from ...core.saliency import global_query
 from ...models.qwen_vl import patch_times
 from . import positions
 from .saliency import capture_qk
-from .runtime import active_settings, announce, dump, log_once
+from .runtime import active_settings, announce, dump, log_once, log_saliency, tp_size
 from .settings import make_pruner, read_settings
 
 
@@ -45,6 +46,11 @@ class _TangoVideoPruning:
     """What the Qwen subclasses share: settings, pruner, saliency capture, one video's pruning."""
 
     tango_prune_settings = None
+
+    # vLLM reads this signature to decide how to call it (a bare **kwargs gets the old-style arguments)
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._tango_setup()
 
     def _tango_setup(self) -> None:
         announce()
@@ -97,7 +103,7 @@ class _TangoVideoPruning:
             self._tango_source = f"feature-distinctiveness (last block called {len(cap['q'])} times)"
             return out
         grid = video_input["video_grid_thw"].tolist()
-        tp = getattr(attn, "tp_size", 1)
+        tp = tp_size(attn)
         reduce = None
         if tp > 1:
             from vllm.distributed import tensor_model_parallel_all_reduce as reduce
@@ -125,87 +131,45 @@ class _TangoVideoPruning:
         # the fallback's reason when one was recorded; a saliency that went missing otherwise is just the fallback
         source = self._tango_source if saliency is not None or self._tango_source.startswith("feature") \
             else "feature-distinctiveness"
-        log_once(f"saliency:{source}", "tango-prune: saliency source: %s", source)
+        log_saliency(source, from_tower=source == "qwen-global-query")
         dump(vt, out, source, self._tango_retention)
         return out
 
 
-class TangoQwen2_5_VL(_TangoVideoPruning, Qwen2_5_VLForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._tango_setup()
+class _TangoMRoPE(_TangoVideoPruning):
+    """M-RoPE positions while pruning is on (every Qwen family): every image and video embedding leaves with
+    ``positions.encode``'s channels (not vLLM's), ``get_mrope_input_positions`` numbers the prompt with
+    ``positions.layout`` (exact text positions from the ids and grids alone) and ``recompute_mrope_positions`` places
+    each chunk's media rows with ``positions.place``: exact in any dtype, the same however prefill chunks cut the
+    prompt and wherever a prefix-cache hit ends (why: ``positions``)."""
 
-    def _tango_order(self, grid):
-        # vLLM runs the tower in window order and undoes it after the merger with these indices
-        return self.visual.prepare_encoder_metadata(grid)["reverse_indices"]
+    _tango_video_kind = positions.KIND_VIDEO
 
-    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
-        grid = video_input["video_grid_thw"].tolist()
-        spt = video_input.get("second_per_grid_ts")
-        if spt is None:
-            raise ValueError("second_per_grid_ts is required when video_pruning_rate > 0 (tango-prune)")
-        tps = self.config.vision_config.tokens_per_second
-        merge = self.visual.spatial_merge_size
-        out = []
-        for emb, size, sal, step in zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)),
-                                        spt.tolist()):
-            # as models.qwen_vl: a temporal patch sits at the mean time of its frames (for ST-RoPE)
-            times = patch_times(size[0], step)
-            kept = self._tango_prune(emb, size, sal, times)
-            # the positions the unpruned video gives (vLLM's own get_mrope_input_positions uses the float step
-            # too), plus the grid-width channel recompute_mrope_positions reads
-            pos = compute_mrope_for_media(size, merge, tokens_per_second=tps, video_second_per_grid=step)
-            pos = pos.to(emb.device)[kept.index]
-            out.append(torch.cat([kept.features.to(emb.dtype), pos.to(emb.dtype)], dim=1))
-        return tuple(out)
+    def _tango_video_runs(self, ids: Tensor, offset: int, length: int, grid: list[int], data) -> tuple[list, list, list]:
+        """(starts, lengths, extents) of one video item's runs of media tokens in the prompt."""
+        raise NotImplementedError
 
-
-class _TangoQwen3(_TangoVideoPruning):
-    """Qwen3-VL and its descendants. With pruning on, every image and video embedding leaves with
-    ``positions.encode``'s channels (not vLLM's five), and ``recompute_mrope_positions`` places them with
-    ``positions.place``: exact in any dtype, and the same however prefill chunks cut the prompt (why:
-    ``positions``)."""
-
-    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
-        grid = video_input["video_grid_thw"].tolist()
-        merge = self.visual.spatial_merge_size
-        if video_input.timestamps is None:
-            raise ValueError("Qwen3-VL video inputs need timestamps when video_pruning_rate > 0 (tango-prune)")
-        out = []
-        for i, (emb, size, sal) in enumerate(zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)))):
-            timestamps = video_input.timestamps[i]
-            t, h, w = size
-            per_frame = (h // merge) * (w // merge)
-            main = self.config.vision_config.out_hidden_size  # then one block of that width per deepstack level
-            kept = self._tango_prune(emb[:, :main], size, sal,
-                                     torch.as_tensor(timestamps, dtype=torch.float32).flatten())
-            feats = torch.cat([kept.features.to(emb.dtype), carry(kept, emb[:, main:])], dim=1)
-            mask = torch.zeros(t * per_frame, dtype=torch.bool, device=emb.device)
-            mask[kept.index] = True
-            counts = torch.bincount(kept.index // per_frame, minlength=t).tolist()
-            # vLLM builds the per-frame layout (timestamps, vision start/end) around the kept tokens; its five
-            # position channels (in the embedding dtype) are replaced by ours, from its exact integer positions
-            final = self._create_final_video_embeddings(
-                video_embeddings=feats, num_tokens_per_frame=counts,
-                timestamps=timestamps, video_grid_thw=size, retention_mask=mask)[:, :-5]
-            rel, lead = self._tango_video_positions(counts, timestamps, size, mask, final.device)
-            out.append(torch.cat([final, positions.encode(rel, lead, positions.KIND_VIDEO, final.dtype)], dim=1))
-        return tuple(out)
-
-    def _tango_video_positions(self, counts, timestamps, size, mask, device) -> tuple[Tensor, int]:
-        """The (t, h, w) positions vLLM gives the rows of ``_create_final_video_embeddings`` (relative to the first
-        row), as integers, and the number of rows before the first vision start."""
-        cfg = self.config
-        ids = torch.tensor(Qwen3VLMultiModalProcessor.get_video_repl(
-            tokens_per_frame=counts, tokenizer=self._tokenizer, timestamps=timestamps,
-            vision_start_token_id=cfg.vision_start_token_id, vision_end_token_id=cfg.vision_end_token_id,
-            video_token_id=cfg.video_token_id, select_token_id=True).full, device=device)
-        is_start = ids.eq(cfg.vision_start_token_id)
-        rel = self._get_expanded_positions(
-            device=device, seq_len=ids.numel(), video_grid_thw=size, num_tokens_per_frame=counts,
-            timestamps=timestamps, is_video_embed=ids.eq(cfg.video_token_id), is_vision_start=is_start,
-            retention_mask=mask)[:, :3]
-        return rel, int(is_start.nonzero()[0])
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        if self._tango_pruner is None:
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        ids = torch.as_tensor(input_tokens, dtype=torch.long)
+        merge = self.config.vision_config.spatial_merge_size
+        starts, lengths, extents = [], [], []
+        for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            offset, length = f.mm_position.offset, f.mm_position.length
+            if f.modality == "image":
+                _, h, w = f.data["image_grid_thw"].data.tolist()
+                starts.append(offset), lengths.append(length), extents.append(max(h, w) // merge)
+            elif f.modality == "video":
+                a, b, c = self._tango_video_runs(ids, offset, length, f.data["video_grid_thw"].data.tolist(), f.data)
+                starts += a
+                lengths += b
+                extents += c
+            else:
+                raise ValueError(f"tango-prune: M-RoPE positions for modality {f.modality!r} are not supported")
+        pos, delta = positions.layout(ids.numel(), torch.tensor(starts, dtype=torch.long),
+                                      torch.tensor(lengths, dtype=torch.long), torch.tensor(extents, dtype=torch.long))
+        return pos, delta
 
     def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
         if not self.is_multimodal_pruning_enabled:
@@ -226,13 +190,116 @@ class _TangoQwen3(_TangoVideoPruning):
         return embeds, pos, delta
 
 
+def _t_positions(t: int, tokens_per_second: float, step: float) -> Tensor:
+    """Relative t position of each of a Qwen2.5-VL video's t temporal patches (vLLM's own arithmetic)."""
+    return compute_mrope_for_media(torch.tensor([t, 1, 1]), 1, tokens_per_second=tokens_per_second,
+                                   video_second_per_grid=step)[:, 0]
+
+
+class TangoQwen2_5_VL(_TangoMRoPE, Qwen2_5_VLForConditionalGeneration):
+    _tango_video_kind = positions.KIND_VIDEO_RUN
+
+    def _tango_order(self, grid):
+        # vLLM runs the tower in window order and undoes it after the merger with these indices
+        return self.visual.prepare_encoder_metadata(grid)["reverse_indices"]
+
+    def _tango_video_runs(self, ids, offset, length, grid, data):
+        # one run of kept tokens; unpruned, the video spans max(t, h, w) + 1 positions
+        t, h, w = grid
+        merge = self.config.vision_config.spatial_merge_size
+        seconds = data.get("second_per_grid_ts")
+        step = float(seconds.data.item()) if seconds is not None else 1.0
+        t_max = int(_t_positions(t, self.config.vision_config.tokens_per_second, step).max())
+        return [offset], [length], [max(t_max, h // merge - 1, w // merge - 1) + 1]
+
+    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
+        grid = video_input["video_grid_thw"].tolist()
+        spt = video_input.get("second_per_grid_ts")
+        if spt is None:
+            raise ValueError("second_per_grid_ts is required when video_pruning_rate > 0 (tango-prune)")
+        tps = self.config.vision_config.tokens_per_second
+        merge = self.visual.spatial_merge_size
+        out = []
+        for emb, size, sal, step in zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)),
+                                        spt.tolist()):
+            # as models.qwen_vl: a temporal patch sits at the mean time of its frames (for ST-RoPE)
+            times = patch_times(size[0], step)
+            kept = self._tango_prune(emb, size, sal, times)
+            # each kept token at the position the unpruned video gives it (vLLM's own arithmetic, float step)
+            rel = compute_mrope_for_media(size, merge, tokens_per_second=tps, video_second_per_grid=step)[:, :3]
+            chans = positions.encode(rel.to(emb.device)[kept.index], 0, positions.KIND_VIDEO_RUN, emb.dtype)
+            out.append(torch.cat([kept.features.to(emb.dtype), chans], dim=1))
+        return tuple(out)
+
+
+class _TangoQwen3(_TangoMRoPE):
+    """Qwen3-VL and its descendants (Qwen3.5): a video's rows are its frames' timestamps, vision start, kept tokens
+    and vision end, laid out by vLLM's ``_create_final_video_embeddings``."""
+
+    def _tango_video_runs(self, ids, offset, length, grid, data):
+        # each frame: a run of its tokens in the prompt (the pruned prompt lumps them all into the first frame's
+        # slot; the others are empty) spanning max(h, w) positions unpruned
+        t, h, w = grid
+        merge = self.config.vision_config.spatial_merge_size
+        cfg = self.config
+        seg = ids[offset:offset + length]
+        starts = (seg == cfg.vision_start_token_id).nonzero().flatten()
+        ends = (seg == cfg.vision_end_token_id).nonzero().flatten()
+        if len(starts) != t or len(ends) != t:
+            raise RuntimeError(f"tango-prune: a video of {t} temporal patches has {len(starts)} vision starts and "
+                               f"{len(ends)} vision ends in its prompt range")
+        runs = ends - starts - 1
+        return (starts + 1 + offset).tolist(), runs.tolist(), [max(h, w) // merge] * t
+
+    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
+        grid = video_input["video_grid_thw"].tolist()
+        merge = self.visual.spatial_merge_size
+        if video_input.timestamps is None:
+            raise ValueError("Qwen3-VL video inputs need timestamps when video_pruning_rate > 0 (tango-prune)")
+        out = []
+        for i, (emb, size, sal) in enumerate(zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)))):
+            timestamps = video_input.timestamps[i]
+            t, h, w = size
+            per_frame = (h // merge) * (w // merge)
+            main = self.config.vision_config.out_hidden_size  # then one block of that width per deepstack level
+            kept = self._tango_prune(emb[:, :main], size, sal,
+                                     torch.as_tensor(timestamps, dtype=torch.float32).flatten())
+            feats = torch.cat([kept.features.to(emb.dtype), carry(kept, emb[:, main:])], dim=1)
+            mask = torch.zeros(t * per_frame, dtype=torch.bool, device=emb.device)
+            mask[kept.index] = True
+            counts = torch.bincount(kept.index // per_frame, minlength=t).tolist()
+            # vLLM builds the per-frame layout (timestamps, vision start/end) around the kept tokens; its five
+            # position channels (in the embedding dtype; made through our get_mrope_input_positions, so not
+            # vLLM's numbers) are replaced by ours
+            final = self._create_final_video_embeddings(
+                video_embeddings=feats, num_tokens_per_frame=counts,
+                timestamps=timestamps, video_grid_thw=size, retention_mask=mask)[:, :-5]
+            rel, lead = self._tango_video_positions(counts, timestamps, size, kept.index, final.device)
+            out.append(torch.cat([final, positions.encode(rel, lead, positions.KIND_VIDEO, final.dtype)], dim=1))
+        return tuple(out)
+
+    def _tango_video_positions(self, counts, timestamps, size, kept: Tensor, device) -> tuple[Tensor, int]:
+        """The (t, h, w) positions of the rows of ``_create_final_video_embeddings`` relative to the first row (the
+        ones vLLM gives them: every row where the unpruned video puts it), and the rows before the first vision
+        start. Not vLLM's ``_get_expanded_positions``: it numbers through ``get_mrope_input_positions``, which
+        ``_TangoMRoPE`` overrides for pruned prompts."""
+        cfg = self.config
+        merge = self.visual.spatial_merge_size
+        repl = torch.tensor(Qwen3VLMultiModalProcessor.get_video_repl(
+            tokens_per_frame=counts, tokenizer=self._tokenizer, timestamps=timestamps,
+            vision_start_token_id=cfg.vision_start_token_id, vision_end_token_id=cfg.vision_end_token_id,
+            video_token_id=cfg.video_token_id, select_token_id=True).full)
+        _, h, w = size
+        per_frame = (h // merge) * (w // merge)
+        rel = positions.frame_rows(repl, vision_start=cfg.vision_start_token_id, vision_end=cfg.vision_end_token_id,
+                                   video=cfg.video_token_id, extent=max(h, w) // merge,
+                                   kept=kept.cpu() % per_frame, grid_w=w // merge)
+        return rel.to(device), int((repl == cfg.vision_start_token_id).nonzero()[0])
+
+
 class TangoQwen3VL(_TangoQwen3, Qwen3VLForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "model") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._tango_setup()
+    pass
 
 
 class TangoQwen3VLMoe(_TangoQwen3, Qwen3VLMoeForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "model") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._tango_setup()
+    pass

@@ -17,12 +17,8 @@ from .qwen import _TangoQwen3
 
 
 class TangoQwen3_5(_TangoQwen3, Qwen3_5ForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "model") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._tango_setup()
+    pass
 
 
 class TangoQwen3_5Moe(_TangoQwen3, Qwen3_5MoeForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "model") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._tango_setup()
+    pass

@@ -49,3 +49,23 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _fail_skip(outcome.get_result())
+
+
+@pytest.fixture(scope="session")
+def vllm_ckpts(tmp_path_factory):
+    """The vLLM tests' tiny checkpoints, each family built once a session on first use (tests/vllm_helpers.py)."""
+    from tests.vllm_helpers import Checkpoints, close_pool, need_vllm
+
+    need_vllm()
+    yield Checkpoints(tmp_path_factory.mktemp("vllm-ckpt"))
+    close_pool()  # the engines' fork servers end with the session
+
+
+@pytest.fixture(scope="session")
+def vllm_runs(vllm_ckpts, tmp_path_factory):
+    """tests/vllm/engine_check.py runs per engine-tested release ({release: EngineRuns}), each made once a session
+    whichever module asks first (tests/vllm_helpers.py)."""
+    from tests.vllm_helpers import ENGINES, EngineRuns
+
+    root = tmp_path_factory.mktemp("vllm-runs")
+    return {name: EngineRuns(root / name, vllm_ckpts, python, name) for name, python in ENGINES.items()}

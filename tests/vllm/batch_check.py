@@ -2,11 +2,12 @@
 
     python tests/vllm/batch_check.py --family qwen3_vl --model DIR --out OUT.json [--rate 0.9] [--n 8]
 
-One fp32 engine (max_num_seqs = n, prefix caching off), n video requests of different frame counts, frame sizes and
+One fp32 engine (max_num_seqs = n, vLLM's default prefix caching), n video requests of different frame counts, frame sizes and
 prompts. First every request alone (one ``generate`` call each), then all n in one ``generate`` call. Each request
 carries its own ``multi_modal_uuids`` per pass ("alone-i" / "batch-i"), so that no cache keyed by the media (the
 processor's, the encoder's, the prefix cache's) hands one pass's work to the other. Writes, per request and pass:
-the prompt token ids, the greedy tokens and each step's top-5 log-probs. The caller sets the environment (TANGO_PRUNE_METHOD,
+the prompt token ids, the greedy tokens and each step's top-5 log-probs, and the prefill chunks the scheduler cut
+(``chunks``: [start, length] of each step's share of the prompt; in-process engine only). The caller sets the environment (TANGO_PRUNE_METHOD,
 TANGO_PRUNE_DEBUG_DIR, ...); with a debug dir, the dumps of the alone pass go to DIR/alone, the batch's to DIR/batch.
 """
 from __future__ import annotations
@@ -70,6 +71,28 @@ def requests(family: str, n: int, tag: str) -> list[dict]:
     return out
 
 
+def record_chunks(llm) -> dict[tuple, list]:
+    """{prompt ids: [[start, length], ...]}: each prefill chunk the scheduler hands the model, read off its output
+    (test-only: wraps this engine instance's schedule(); needs VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+    chunks: dict[tuple, list] = {}
+    inner = sched.schedule
+
+    def schedule(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        start = {r.req_id: r.num_computed_tokens for r in out.scheduled_new_reqs}  # before this step's tokens
+        cached = out.scheduled_cached_reqs
+        start.update(zip(cached.req_ids, cached.num_computed_tokens))
+        for rid, n in out.num_scheduled_tokens.items():
+            req = sched.requests[rid]
+            if start[rid] < req.num_prompt_tokens:
+                chunks.setdefault(tuple(req.prompt_token_ids), []).append([start[rid], n])
+        return out
+
+    sched.schedule = schedule
+    return chunks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", required=True, choices=sorted(SHAPES))
@@ -85,9 +108,10 @@ def main() -> None:
 
     extra = {} if args.rate is None else {"video_pruning_rate": args.rate}
     llm = LLM(model=args.model, enforce_eager=True, max_model_len=4096, dtype=DTYPE.get(args.family, "float32"), seed=0,
-              max_num_seqs=args.n, enable_prefix_caching=False, limit_mm_per_prompt={"video": 1, "image": 0},
+              max_num_seqs=args.n, limit_mm_per_prompt={"video": 1, "image": 0},
               **({} if args.chunk is None else {"max_num_batched_tokens": args.chunk}), **extra)
     sp = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, logprobs=5)
+    chunks = record_chunks(llm)
     debug = os.environ.get("TANGO_PRUNE_DEBUG_DIR")
     result = {}
     for tag in ("alone", "batch"):
@@ -100,7 +124,8 @@ def main() -> None:
                         # each step's top 5 (id, log-prob), best first: a shifted position moves these long before
                         # it changes a greedy token of a tiny random model
                         "top5": [sorted(([int(t), float(lp.logprob)] for t, lp in step.items()), key=lambda x: -x[1])[:5]
-                                 for step in o.outputs[0].logprobs]}
+                                 for step in o.outputs[0].logprobs],
+                        "chunks": chunks.pop(tuple(o.prompt_token_ids), [])}
                        for o in outs]
     Path(args.out).write_text(json.dumps(result))
 

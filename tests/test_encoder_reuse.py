@@ -1,6 +1,6 @@
 """The encoder stage (encoders/reuse.py): exact where the input repeats, the partial blocks equal to the stock block
-on the same composite frame, apply(..., encoder=...) on a tiny LLaVA-OneVision (off = stock, shapes, remove, a
-batch = each video alone), and the schedule's invariants."""
+on the same composite frame, apply(..., encoder=...) on a tiny LLaVA-OneVision (computing everything = Tango alone,
+shapes, remove, a batch = each video alone), and the schedule's invariants."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -79,14 +79,17 @@ def test_partial_rows_equal_the_stock_block_on_the_composite_frame(model):
             assert torch.equal(out[i + 1][1][~rows], stock[i + 1][0][~rows])  # reused rows: the key frame's
 
 
-def test_off_is_stock_and_on_prunes_with_its_stats_then_removes(model):
+def test_stage_computing_everything_is_tango_alone_and_on_prunes_with_its_stats_then_removes(model):
     ids, pv = prompt(4), clip(4)
     with torch.no_grad():
         ref = model(input_ids=ids, pixel_values_videos=pv).logits
         with apply(model, "tango", 0.25) as h:
             base = h.model(input_ids=ids, pixel_values_videos=pv).logits
-        with apply(model, "tango", 0.25, encoder=None):
+        # tau = 1: every token runs every block, through the stage's own path (one video at a time, saliency
+        # recomputed from its states instead of the tower's q/k hook): the answer must be Tango's without the stage
+        with apply(model, "tango", 0.25, encoder="reuse:tau=1") as h:
             assert torch.equal(model(input_ids=ids, pixel_values_videos=pv).logits, base)
+            assert h.last_stats[0]["encoder_computed"] == 1.0
         same = pv[:, :1].expand(-1, 4, -1, -1, -1).contiguous()
         full = model(input_ids=ids, pixel_values_videos=same).logits
         with apply(model, "none", 1.0, encoder="reuse") as h:

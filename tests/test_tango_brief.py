@@ -15,7 +15,7 @@ L = H * W
 def video(seed=0, eps=0.7, object_saliency=1.0, frames=(3,), at=9):
     """T frames of 2 x 5: positions 0-4 a still background, 5-9 a changing texture around a common direction, and
     at position ``at`` in ``frames`` an object far from everything (the release's one-token frames lose it to a
-    density vote, as tests/test_tango_events.py shows on two frames)."""
+    density vote: test_release_merges_the_most_salient_brief_object_into_a_texture_anchor below)."""
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(1, L, D, generator=g).expand(T, L, D).clone()
     base = torch.randn(D, generator=g)
@@ -54,7 +54,9 @@ def test_lag1_from_consecutive_similarity_is_used_as_given():
     given = lagged_similarity(x, 3, tok_sim)
     assert torch.equal(given[1, :6], tok_sim)
     assert torch.allclose(given, lagged_similarity(x, 3), atol=1e-5, equal_nan=True)
-    assert torch.equal(brief_scores(x, 2, tok_sim).isinf(), brief_scores(x, 2).isinf())
+    # the scores, not only where they are -inf: the given lag-1 must feed them as the recomputed one does
+    # (measured difference 1.2e-7 at most over 5 seeds: float32 rounding of the two cosines)
+    torch.testing.assert_close(brief_scores(x, 2, tok_sim), brief_scores(x, 2), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="lag1 must be"):
         lagged_similarity(x, 3, tok_sim[:3])
 
@@ -137,12 +139,16 @@ def test_exact_budget_stays_exact_and_keeps_the_object():
     assert kept_as_itself(out, 3 * L + 9)
 
 
-def test_the_vllm_plugins_pruner_keeps_the_object_at_the_reserved_count():
-    from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
+@pytest.mark.parametrize("object_saliency", [1.0, 0.01])
+def test_the_vllm_plugins_pruner_keeps_the_object_at_the_reserved_count(object_saliency):
+    from tango_prune.integrations.vllm.settings import Settings, make_pruner
 
-    vt = video(3)
-    out = make_pruner(Settings("tango", {"brief_frames": 1}), 0.1)(vt)
-    assert out.num_kept == kept_count(Settings("tango", {}), L, T, 0.1) and kept_as_itself(out, 3 * L + 9)
+    # the plugin's pruner always returns the reserved count (settings._fit cuts or fills to it), so counting its
+    # output proves nothing; what can fail is that Tango itself (the exact budget the plugin forces) lands on that
+    # count with the object among its tokens: a fit would cut by saliency and drop a low-saliency object first
+    out = make_pruner(Settings("tango", {"brief_frames": 1}), 0.1)(video(3, object_saliency=object_saliency))
+    assert "budget_fit" not in out.info, out.info["budget_fit"]
+    assert kept_as_itself(out, 3 * L + 9)
 
 
 def test_sinks_are_never_brief_and_off_is_the_release():

@@ -79,7 +79,8 @@ NEEDS: tuple[Need, ...] = (
     Need("vllm.v1.worker.cpu_worker:CPUModelRunner.is_multimodal_pruning_enabled", "reads", platform="cpu",
          used_in="__init__ (the runner must act on the flag the plugin sets)"),
     Need("vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled", "call", (1,), used_in="__init__, coverage"),
-    Need("vllm.config.model:ModelConfig.multimodal_config", "attr", used_in="__init__ (CPU runner)"),
+    Need("vllm.config.vllm:VllmConfig.model_config", "attr", used_in="coverage"),
+    Need("vllm.config.model:ModelConfig.multimodal_config", "attr", used_in="__init__ (CPU runner), coverage"),
     Need("vllm.config.vllm:VllmConfig.use_v2_model_runner", "attr", platform="cpu",
          used_in="__init__ (the rule the CPU worker picks V1 or V2 by; the plugin predicts it and refuses V2)"),
     Need("vllm.envs:VLLM_USE_V2_MODEL_RUNNER", "name", platform="cpu", used_in="__init__ (CPU runner V1 or V2)"),
@@ -159,6 +160,7 @@ NEEDS: tuple[Need, ...] = (
     Need(LOV + "LlavaOnevisionDummyInputsBuilder", "class", used_in="llava_ov"),
     *_model(LOV + "LlavaOnevisionForConditionalGeneration", "llava_ov"),
     Need(LOV + "LlavaOnevisionForConditionalGeneration._process_video_pixels", "exact", ("self", "inputs"), used_in="llava_ov"),
+    Need(LOV + "LlavaOnevisionVideoPixelInputs.pixel_values_videos", "attr", used_in="llava_ov (inputs[...])"),
     Need(LOV + "LlavaOnevisionForConditionalGeneration._video_pixels_to_features", "call", (3,), used_in="llava_ov"),
     Need(LOV + "LlavaOnevisionForConditionalGeneration.apply_pooling", "call", (2,), used_in="llava_ov"),
     *(Need(LOV + f"LlavaOnevisionForConditionalGeneration.{a}", "attr", used_in="llava_ov")

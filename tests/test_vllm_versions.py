@@ -11,6 +11,7 @@ releases whose check passes. About 1 minute once the wheels are cached.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -201,3 +202,28 @@ def test_checker_fails_on_a_doctored_release(tmp_path):
 def test_bad_argument_is_one_line(tmp_path):
     p = run_checker(tmp_path / "nope.whl")
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no such wheel or folder" in p.stderr
+
+
+def test_wheel_cache_is_reused_and_checksum_checked(tmp_path):
+    """fetch_vllm_wheels.sh hands back a cached wheel whose recorded sha256 matches without asking pip (here PYTHON
+    cannot download anything), and downloads again a wheel whose bytes no longer match."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    wheel = cache / "vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(b"stand-in wheel")
+    (cache / f"{wheel.name}.sha256").write_text(hashlib.sha256(b"stand-in wheel").hexdigest() + "\n")
+    no_pip = tmp_path / "no_pip"
+    no_pip.write_text("#!/bin/sh\necho 'pip was asked to download' >&2\nexit 1\n")
+    no_pip.chmod(0o755)
+
+    def fetch(*versions):
+        return subprocess.run(["bash", str(ROOT / "scripts" / "fetch_vllm_wheels.sh"), *versions], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "TANGO_VLLM_WHEELS": str(cache),
+                                                          "PYTHON": str(no_pip)})
+
+    p = fetch("0.33.0")
+    assert p.returncode == 0 and p.stdout.split() == [str(wheel)] and "pip was asked" not in p.stderr, p.stderr
+    wheel.write_bytes(b"stand-in wheel, truncated or altered")
+    p = fetch("0.33.0")
+    assert p.returncode != 0 and "does not match its recorded sha256" in p.stderr and "pip was asked" in p.stderr
+    assert not wheel.exists()  # the bad copy is gone, not handed to the checker

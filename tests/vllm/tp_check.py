@@ -3,7 +3,7 @@
     python tests/vllm/tp_check.py --family qwen2_5_vl --model DIR --out OUT.json --tp 2 [--rate 0.9] [--n 4]
                                   [--mm-encoder-tp-mode data]
 
-One engine (fp32; bfloat16 for Qwen3.5, see engine_check.DTYPE), prefix caching off, ``--n`` video requests of
+One engine (fp32; bfloat16 for Qwen3.5, see engine_check.DTYPE), vLLM's default prefix caching, ``--n`` video requests of
 different frame counts and grids (tests/vllm/batch_check.py's first n) in one ``generate`` call, greedy. Writes per
 request the prompt token ids, the greedy tokens and each step's top-5 log-probs, and per worker (``apply_model``,
 one entry per tensor-parallel rank) what its vision tower holds: the model class, the rank and world size, the
@@ -72,7 +72,7 @@ def main() -> None:
     if args.mm_encoder_tp_mode:
         extra["mm_encoder_tp_mode"] = args.mm_encoder_tp_mode
     llm = LLM(model=args.model, enforce_eager=True, max_model_len=4096, dtype=DTYPE.get(args.family, "float32"),
-              seed=0, tensor_parallel_size=args.tp, max_num_seqs=args.n, enable_prefix_caching=False,
+              seed=0, tensor_parallel_size=args.tp, max_num_seqs=args.n,
               limit_mm_per_prompt={"video": 1, "image": 0}, **extra)
     ranks = llm.apply_model(rank_info)
     reqs = requests(SHAPES_OF[args.family], args.n, f"tp{args.tp}")

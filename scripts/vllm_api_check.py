@@ -98,6 +98,21 @@ def check_need(r: Resolver, need) -> tuple[str, str]:
     if got[0] != "class":
         return "MISSING", f"{first} is a {got[0]}, not a class"
     cls, attr = got, rest[0]
+    if need.kind == "calls":  # this method calls <obj>.<params[0]>(...) with params[1] positional + these keywords
+        m = r.member(cls, attr)
+        if m is None or m[0] != "def":
+            return "MISSING", f"{first} and its bases have no method {attr}"
+        target, npos, kws = need.params[0], need.params[1], set(need.params[2:])
+        calls = [n for n in ast.walk(m[2]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and n.func.attr == target]
+        for c in calls:
+            if len(c.args) == npos and {k.arg for k in c.keywords} == kws:
+                return "ok", f"{m[1]}:{c.lineno}"
+        if calls:
+            c = calls[0]
+            return "DIFFERS", (f"{attr} calls {target} at {m[1]}:{c.lineno} with {len(c.args)} positional and "
+                               f"keywords ({', '.join(k.arg or '**' for k in c.keywords)})")
+        return "MISSING", f"{attr} (at {m[1]}:{m[2].lineno}) no longer calls .{target}(...)"
     if need.kind == "reads" and need.params:  # this method itself reads self.<params[0]>
         m = r.member(cls, attr)
         if m is None or m[0] != "def":

@@ -29,12 +29,14 @@ CHECKER = ROOT / "scripts" / "vllm_api_check.py"
 SOURCE_CHECKED = ("0.33.0", "0.34.0")
 # what fails on 0.34.0, the reason it is outside SUPPORTED_VLLM: its registry serves Qwen3.5 from vllm.models.qwen3_5
 # (a new class on CUDA), and its CPU worker always builds the V2 runner (V1 and the choice are gone), which never reads
-# the flag the plugin's runner sets
+# the flag the plugin's runner sets; the V1 GPU runner is gone too
 FAILS_034 = [
     r"DIFFERS exact +vllm\.v1\.worker\.cpu_worker:CPUModelRunner\.load_model ",
     r"MISSING reads +vllm\.v1\.worker\.cpu_worker:CPUModelRunner\.is_multimodal_pruning_enabled ",
     r"MISSING attr +vllm\.config\.vllm:VllmConfig\.use_v2_model_runner ",
     r"MISSING name +vllm\.envs:VLLM_USE_V2_MODEL_RUNNER ",
+    r"MISSING calls +vllm\.v1\.worker\.gpu_model_runner:GPUModelRunner\._gather_mm_embeddings +no module",
+    r"MISSING calls +vllm\.v1\.worker\.gpu_model_runner:GPUModelRunner\._init_mrope_positions +no module",
     r"DIFFERS target Qwen3_5ForConditionalGeneration +vLLM's registry serves vllm\.models\.qwen3_5:",
     r"DIFFERS target Qwen3_5MoeForConditionalGeneration +vLLM's registry serves vllm\.models\.qwen3_5:",
 ]
@@ -96,7 +98,7 @@ def test_newest_passing_release_has_every_name_the_plugin_uses(results):
 
 
 def test_0_34_fails_where_the_plugin_would_not_prune_as_checked(results):
-    """0.34.0 fails exactly on the registry target of Qwen3.5 and on the CPU runner swap, and nothing else."""
+    """0.34.0 fails exactly on the registry target of Qwen3.5, the CPU runner swap and the removed V1 runner."""
     out = results["0.34.0"].stdout
     assert results["0.34.0"].returncode == 1, out[-3000:]
     for pattern in FAILS_034:

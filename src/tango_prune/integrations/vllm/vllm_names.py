@@ -139,6 +139,12 @@ NEEDS: tuple[Need, ...] = (
           "is_vision_start", "retention_mask"), used_in="qwen"),
     Need(Q3 + "Qwen3VLForConditionalGeneration.recompute_mrope_positions", "exact",
          ("self", "input_ids", "multimodal_embeddings", "mrope_positions", "num_computed_tokens"), used_in="qwen"),
+    *(Need(f"{cls}.get_mrope_input_positions", "exact", ("self", "input_tokens", "mm_features"),
+           used_in="qwen (numbers a new request's prompt while pruning: runners call it positionally)")
+      for cls in (Q25 + "Qwen2_5_VLForConditionalGeneration", Q3 + "Qwen3VLForConditionalGeneration")),
+    *(Need(f"vllm.multimodal.inputs:{n}", "attr", used_in="qwen (get_mrope_input_positions reads mm_features)")
+      for n in ("MultiModalFeatureSpec.mm_position", "MultiModalFeatureSpec.modality", "MultiModalFeatureSpec.data",
+                "PlaceholderRange.offset", "PlaceholderRange.length", "MultiModalFieldElem.data")),
     # the GPU runners reach the overrides (docs/vllm.md, "The GPU path, read from source"): V1 (0.31-0.33) and V2
     *(Need(caller, "calls", ("recompute_mrope_positions", 0, "input_ids", "multimodal_embeddings", "mrope_positions",
                              "num_computed_tokens"), used_in="qwen (runner side of the override)")

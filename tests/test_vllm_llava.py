@@ -4,72 +4,31 @@ The checks run in .venv-vllm (vLLM's CPU build) as subprocesses of tests/vllm/ch
 checkpoint, offline: one engine as shipped ("stock"), one with our class registered but no method ("unset"), one
 pruning with Tango at --video-pruning-rate 0.9 ("tango", which also runs our HF adapter on the same weights), and
 that one again as a server runs it ("served": the plugin's entry point, engine and worker processes). They
-are skipped when .venv-vllm is absent (scripts/setup_vllm.sh builds it), and fail instead with TANGO_REQUIRE_VLLM=1.
+are skipped when .venv-vllm is absent (scripts/setup_vllm.sh builds it), and fail instead with TANGO_REQUIRE_VLLM=1
+or TANGO_REQUIRE_ALL=1 (tests/vllm_helpers.py need_vllm). The checkpoint is the session's; the four runs start
+together when the module starts (tests/vllm_helpers.py).
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PY = Path(os.environ.get("TANGO_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))  # as tests/test_vllm.py
-SCRIPT = ROOT / "tests" / "vllm" / "check_llava.py"
+from tests.vllm_helpers import SCRIPTS, RunCache
+
+SCRIPT = SCRIPTS / "check_llava.py"
 MODES = ("stock", "unset", "tango", "served")
-TIMEOUT_S = 300
 FRAMES, PER_FRAME, TEXT_TOKENS, VIDEO_ID = 8, 16, 8, 398  # tests/vllm/tiny_llava.py's video and prompt
 KEPT = round(0.1 * FRAMES * PER_FRAME)  # retention 1 - 0.9, exact budget
 
 
-def _need_vllm() -> None:
-    if VLLM_PY.exists():
-        return
-    msg = f"{VLLM_PY} is absent; build it with scripts/setup_vllm.sh"
-    if os.environ.get("TANGO_REQUIRE_VLLM") == "1":
-        pytest.fail(msg + " (TANGO_REQUIRE_VLLM=1)")
-    pytest.skip(msg)
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TANGO_PRUNE_", "VLLM_"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT / "src"), **extra)
-    return env
-
-
-def _tail(text: str, n: int = 3000) -> str:
-    return text[-n:] if text else ""
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    """The three engines' results (run concurrently: each is mostly start-up), keyed by mode."""
-    _need_vllm()
-    tmp = tmp_path_factory.mktemp("vllm_llava")
-    ckpt = tmp / "ckpt"
-    build = subprocess.run([str(VLLM_PY), str(SCRIPT), "build", str(ckpt)], env=_env(), cwd=tmp,
-                           capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert build.returncode == 0, f"building the tiny checkpoint failed:\n{_tail(build.stderr)}"
-    procs, t0 = {}, time.perf_counter()
+def runs(vllm_ckpts, tmp_path_factory) -> dict:
+    """The four engines' results, keyed by mode (check_llava.py sets each mode's plugin switches itself)."""
+    ckpt = vllm_ckpts["llava_ov"]
+    cache = RunCache(tmp_path_factory.mktemp("vllm_llava"))
     for mode in MODES:
-        extra = {"TANGO_PRUNE_DEBUG_DIR": str(tmp / f"dump-{mode}")} if mode in ("tango", "served") else {}
-        procs[mode] = subprocess.Popen([str(VLLM_PY), str(SCRIPT), "run", str(ckpt), mode, str(tmp / f"{mode}.json")],
-                                       env=_env(**extra), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True)
-    out = {}
-    for mode, p in procs.items():
-        try:
-            log, _ = p.communicate(timeout=max(1.0, TIMEOUT_S - (time.perf_counter() - t0)))
-        except subprocess.TimeoutExpired:
-            for q in procs.values():
-                q.kill()
-            pytest.fail(f"vLLM run {mode!r} took over {TIMEOUT_S} s")
-        assert p.returncode == 0, f"vLLM run {mode!r} failed (exit {p.returncode}):\n{_tail(log)}"
-        out[mode] = json.loads((tmp / f"{mode}.json").read_text())
-    out["dumps"] = {m: sorted((tmp / f"dump-{m}").glob("*.pt")) for m in ("tango", "served")}
+        cache.start(mode, [SCRIPT, "run", ckpt, mode, cache.out(mode)], timeout=300)
+    out = {mode: cache.get(mode) for mode in MODES}
+    out["dumps"] = {m: sorted(out[m]["dump"].glob("*.pt")) for m in ("tango", "served")}
     return out
 
 

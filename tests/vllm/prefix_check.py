@@ -120,13 +120,15 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=5)
     ap.add_argument("--scenarios", default="again,chat,partial,together,shapes")
+    ap.add_argument("--dtype", default=None, help="default: the family's (engine_check.DTYPE, else float32)")
     args = ap.parse_args()
 
     from vllm import LLM
 
     extra = {} if args.rate is None else {"video_pruning_rate": args.rate}
     # prefix caching is left at vLLM's default (on): that is the point
-    llm = LLM(model=args.model, enforce_eager=True, max_model_len=4096, dtype=DTYPE.get(args.family, "float32"),
+    dtype = args.dtype or DTYPE.get(args.family, "float32")
+    llm = LLM(model=args.model, enforce_eager=True, max_model_len=4096, dtype=dtype,
               seed=0, max_num_seqs=8, max_num_batched_tokens=args.chunk,
               limit_mm_per_prompt={"video": 2, "image": 1}, **extra)
     asker = Asker(llm, args.family, args.max_tokens)
@@ -181,6 +183,14 @@ def main() -> None:
             result[f"shape: {name}"] = [asker.ask("first", asker.request(media("x"))),
                                         asker.ask("again", asker.request(media("x"))),
                                         asker.ask("fresh ids", asker.request(media("y")))]
+    if "slow" in todo:
+        # Qwen2.5-VL numbers time as temporal patch x tokens_per_second (1 here) x seconds per patch (2 / fps): at
+        # 2/257 fps a patch is 257 positions, where bfloat16 holds only even integers (257 -> 256, 771 -> 768)
+        px, meta = clip(f, 0, frames=8)
+        fps = 2 / 257
+        meta = {**meta, "fps": fps, "duration": 8 / fps}
+        req = asker.request([("video", (px, meta), "slow")])
+        result["slow"] = [asker.ask("first", req), asker.ask("again", req)]
     Path(args.out).write_text(json.dumps(result))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -128,7 +129,8 @@ def main() -> None:
     extra = {} if args.rate is None else {"video_pruning_rate": args.rate}
     # prefix caching is left at vLLM's default (on): that is the point
     dtype = args.dtype or DTYPE.get(args.family, "float32")
-    llm = LLM(model=args.model, enforce_eager=True, max_model_len=4096, dtype=dtype,
+    eager = os.environ.get("TANGO_VLLM_EAGER", "1") != "0"  # scripts/gpu_check.sh runs it with CUDA graphs
+    llm = LLM(model=args.model, enforce_eager=eager, max_model_len=4096, dtype=dtype,
               seed=0, max_num_seqs=8, max_num_batched_tokens=args.chunk,
               limit_mm_per_prompt={"video": 2, "image": 1}, **extra)
     asker = Asker(llm, args.family, args.max_tokens)

@@ -38,7 +38,7 @@ from ...core.saliency import global_query
 from ...models.qwen_vl import patch_times
 from . import positions
 from .saliency import capture_qk
-from .runtime import active_settings, announce, dump, log_once, log_saliency, tp_size
+from .runtime import active_settings, announce, dump, log_once, log_saliency, require_attrs, tp_size
 from .settings import make_pruner, read_settings
 
 
@@ -50,9 +50,9 @@ class _TangoVideoPruning:
     # vLLM reads this signature to decide how to call it (a bare **kwargs gets the old-style arguments)
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._tango_setup()
+        self._tango_setup(vllm_config)
 
-    def _tango_setup(self) -> None:
+    def _tango_setup(self, vllm_config) -> None:
         announce()
         settings = active_settings() or read_settings()
         if settings is None:
@@ -74,6 +74,11 @@ class _TangoVideoPruning:
             raise ValueError(f"TANGO_PRUNE_OPTIONS saliency={want!r} is not available for Qwen models; "
                              f"use auto, global-query or features")
         self._tango_global_query = want != "features"
+        require_attrs(self, ("use_data_parallel",), type(self).__name__)
+        require_attrs(self.visual.blocks[-1].attn, ("attn", "tp_size", "num_attention_heads_per_partition"),
+                      "Qwen vision attention")
+        # a compiled tower traces our capture hook into its graph (never tried): take the feature-only saliency
+        self._tango_compiled_tower = bool(vllm_config.compilation_config.compile_mm_encoder)
         log_once("on", "tango-prune: %s prunes videos with %s, keeping %.4g of each video's tokens",
                  type(self).__name__, settings.describe(), self._tango_retention)
 
@@ -91,8 +96,10 @@ class _TangoVideoPruning:
             reason = "saliency=features requested"
         elif video_input["type"] != "pixel_values_videos":
             reason = "video given as precomputed embeddings"
-        elif getattr(self, "use_data_parallel", False):
+        elif self.use_data_parallel:
             reason = "data-parallel vision tower"
+        elif self._tango_compiled_tower:
+            reason = "compile_mm_encoder: the vision tower is compiled"
         if reason is not None:
             self._tango_source = f"feature-distinctiveness ({reason})"
             return super()._process_video_input(video_input)

@@ -100,8 +100,7 @@ NEEDS: tuple[Need, ...] = (
          ("self", "video_embeds_split", "video_input"), used_in="qwen"),
     *(Need(Q25 + f"Qwen2_5_VLForConditionalGeneration.{a}", "attr", used_in="qwen")
       for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config")),
-    Need(Q25 + "Qwen2_5_VLForConditionalGeneration.use_data_parallel", "attr", used_in="qwen",
-         fallback="qwen.py: getattr(self, 'use_data_parallel', False), i.e. tensor-parallel tower"),
+    Need(Q25 + "Qwen2_5_VLForConditionalGeneration.use_data_parallel", "attr", used_in="qwen"),
     *(Need(Q25 + f"Qwen2_5_VLVideoPixelInputs.{a}", "attr", used_in="qwen (video_input[...], Qwen3-VL too)")
       for a in ("type", "video_grid_thw", "second_per_grid_ts", "timestamps")),
     Need(Q25 + "Qwen2_5_VLImagePixelInputs.image_grid_thw", "attr", used_in="qwen (Qwen3 image positions)"),
@@ -109,8 +108,10 @@ NEEDS: tuple[Need, ...] = (
     *(Need(f"{cls}.get_encoder_cudagraph_config", "reads", ("is_multimodal_pruning_enabled",),
            used_in="qwen (the pruning step runs eagerly)") for cls in (Q25 + "Qwen2_5_VLForConditionalGeneration",
                                                                        Q3 + "Qwen3VLForConditionalGeneration")),
-    *(Need(f"vllm.config.compilation:CompilationConfig.{a}", "attr", used_in="docs/vllm.md (GPU path)")
-      for a in ("compile_mm_encoder", "cudagraph_mm_encoder")),
+    Need("vllm.config.compilation:CompilationConfig.compile_mm_encoder", "attr",
+         used_in="qwen (a compiled tower: feature-only saliency, WARNING)"),
+    Need("vllm.config.compilation:CompilationConfig.cudagraph_mm_encoder", "attr", used_in="docs/vllm.md (GPU path)"),
+    Need("vllm.config.vllm:VllmConfig.compilation_config", "attr", used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.prepare_encoder_metadata", "call", (2,), used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.blocks", "attr", used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.spatial_merge_size", "attr", used_in="qwen"),
@@ -155,8 +156,7 @@ NEEDS: tuple[Need, ...] = (
                      "vllm.v1.worker.gpu.mm.rope:RopeState.init_prefill_positions")),
     *(Need(Q3 + f"Qwen3VLForConditionalGeneration.{a}", "attr", used_in="qwen")
       for a in ("video_pruning_rate", "is_multimodal_pruning_enabled", "visual", "config", "_tokenizer")),
-    Need(Q3 + "Qwen3VLForConditionalGeneration.use_data_parallel", "attr", used_in="qwen",
-         fallback="qwen.py: getattr(self, 'use_data_parallel', False), i.e. tensor-parallel tower"),
+    Need(Q3 + "Qwen3VLForConditionalGeneration.use_data_parallel", "attr", used_in="qwen"),
     Need(Q3 + "Qwen3VLMultiModalProcessor.get_video_repl", "call",
          (0, "tokens_per_frame", "timestamps", "tokenizer", "vision_start_token_id", "vision_end_token_id", "video_token_id",
           "select_token_id"), used_in="qwen"),

@@ -5,8 +5,9 @@ The engine checks run vLLM (CPU) in subprocesses on tiny random Qwen2.5-VL / Qwe
 once per engine-tested release (``ENGINES``): 0.32 with .venv-vllm's python (the reference: transformers 5.19,
 compared with the Hugging Face adapter) and 0.31 with .venv-vllm-0.31's (``TANGO_VLLM_VERSION=0.31.0
 TANGO_VLLM_VENV=.venv-vllm-0.31 scripts/setup_vllm.sh``), whose output must equal the reference's. They skip without
-a venv and fail instead when TANGO_REQUIRE_VLLM=1 (or TANGO_REQUIRE_ALL=1). Each engine run is ~15-30 s on 2 CPU
-cores; the module ~6 min:
+a venv and fail instead when TANGO_REQUIRE_VLLM=1 (or TANGO_REQUIRE_ALL=1). The runs are the session's shared ones
+(tests/vllm_helpers.py: forked from a fork server that imported vLLM once, two at a time), all started when the
+engine tests start:
     .venv/bin/python -m pytest tests/test_vllm.py
 """
 from __future__ import annotations

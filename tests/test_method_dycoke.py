@@ -68,12 +68,8 @@ def test_never_above_the_budget(r):
     assert 1 <= out.num_kept <= exact_count(r, 7 * L)
 
 
-def test_unknown_options_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: retention, k"):
-        get_method("dycoke")(retention=0.1, window=8)
-    with pytest.raises(ValueError, match="retention"):
-        get_method("dycoke")(retention=2.0)
-    with pytest.raises(ValueError):
+def test_k_must_be_a_rate():  # unknown options and bad retentions: test_methods.test_bad_options_are_rejected
+    with pytest.raises(ValueError, match=r"k \(pruning rate of the compared frames\) must be in \[0, 1\], got 1.5"):
         get_method("dycoke")(retention=0.1, k=1.5)
 
 

@@ -72,12 +72,8 @@ def test_keeps_exactly_the_budget(r):
     assert out.num_kept == exact_count(r, 11 * 36)
 
 
-def test_unknown_options_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: retention, c, tau"):
-        get_method("fastvid")(retention=0.1, anchors=3)
-    with pytest.raises(ValueError, match="retention"):
-        get_method("fastvid")(retention=0.0)
-    with pytest.raises(ValueError):
+def test_k_needs_two_neighbours():  # unknown options and bad retentions: test_methods.test_bad_options_are_rejected
+    with pytest.raises(ValueError, match="k >= 2, got c=8, p=4, k=1"):
         get_method("fastvid")(retention=0.1, k=1)
 
 

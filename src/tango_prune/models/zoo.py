@@ -99,3 +99,24 @@ def tiny_model(family: str, seed: int = 0):
             vision_start_token_id=TINY_IDS["vision_start"], vision_end_token_id=TINY_IDS["vision_end"])
         return (tf.Qwen3_5MoeForConditionalGeneration if moe else tf.Qwen3_5ForConditionalGeneration)(cfg).eval()
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def tiny_tokenizer(names: dict[str, str]):
+    """A word-level tokenizer for the tiny models' vocabulary of 400: ``names`` maps keys of TINY_IDS to the special
+    tokens a family's processor expects (e.g. {"video": "<video>"}), each at its TINY_IDS id; every other id decodes
+    to a word ``w<id>`` and id 3 is <unk>. Saved next to a tiny model, it makes a checkpoint dir that loads offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(400)}
+    for key, tok in names.items():
+        del vocab[f"w{TINY_IDS[key]}"]
+        vocab[tok] = TINY_IDS[key]
+    del vocab["w3"]
+    vocab["<unk>"] = 3
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.add_special_tokens(list(names.values()))
+    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token=names.get("pad", "<pad>"),
+                                   bos_token=names.get("bos", "<bos>"), eos_token=names.get("eos", "<eos>"),
+                                   unk_token="<unk>")

@@ -24,7 +24,7 @@ BF16 = {"qwen3_5", "qwen3_5_moe"}  # vLLM's CPU linear attention runs in bfloat1
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--families", default="qwen2_5_vl,qwen3_vl,qwen3_vl_moe,qwen3_5,qwen3_5_moe")
+    ap.add_argument("--families", default="qwen2_5_vl,qwen3_vl,qwen3_vl_moe,qwen3_5,qwen3_5_moe,llava_ov")
     ap.add_argument("--methods", default="tango,holitom,evs,uniform")
     ap.add_argument("--tp", default="1")
     ap.add_argument("--rate", type=float, default=0.9)
@@ -39,8 +39,8 @@ def main() -> None:
     rows = []
     for family in args.families.split(","):
         ckpt = work / family
-        subprocess.run([sys.executable, str(TESTS / "tiny.py"), str(ckpt), family], check=True, env=env,
-                       capture_output=True)
+        build = [TESTS / "check_llava.py", "build", ckpt] if family == "llava_ov" else [TESTS / "tiny.py", ckpt, family]
+        subprocess.run([sys.executable, *map(str, build)], check=True, env=env, capture_output=True)
         for tp in (int(x) for x in args.tp.split(",")):
             for method in args.methods.split(","):
                 out = work / f"{family}-{method}-{tp}.json"

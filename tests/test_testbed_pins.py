@@ -29,13 +29,13 @@ def _letter_ids(spec: str) -> torch.Tensor:
 def record(spec: str, n: int, monkeypatch) -> dict:
     """Runs `tango-prune eval --model SPEC --methods none,tango --retention 0.1 --n N --seed 0` in float32, keeping
     the letter logits every question's answer was read from."""
-    import tango_prune.cli.model as cli_model
+    import tango_prune.cli.model_spec as model_spec
     from tango_prune import hardware
     from tango_prune.cli import main
 
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)  # default_dtype() -> float32
     letters, logits = _letter_ids(spec), []
-    resolve = cli_model.resolve_qa
+    resolve = model_spec.resolve_qa
 
     def recording(s):
         qa = resolve(s)
@@ -48,7 +48,7 @@ def record(spec: str, n: int, monkeypatch) -> dict:
         qa.choice = choose
         return qa
 
-    monkeypatch.setattr(cli_model, "resolve_qa", recording)
+    monkeypatch.setattr(model_spec, "resolve_qa", recording)
     out = PINS.parent / f".pins-{spec}.json"
     try:
         rc = main(["eval", "--model", spec, "--methods", "none,tango", "--retention", "0.1", "--n", str(n),

@@ -1,7 +1,8 @@
 """The ``tango-prune`` command. Bad input ends with one line on stderr and exit code 2.
 
-One module per group: tokens (prune, compare, viz), bench (bench, bench-pruner), model (eval, run, fidelity),
-demo; common holds the argument types and the one-line error.
+One module per command or group: tokens (prune, compare, viz), bench (bench, bench-pruner), evaluate (eval), run,
+fidelity, serve, demo (+ demo_qa); model_spec resolves what --model names for eval, run and fidelity; common holds
+the argument types and the one-line error.
 """
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from .common import Parser, UsageError
 
 
 def build_parser() -> Parser:
-    from . import bench, model, serve, tokens
+    from . import bench, evaluate, fidelity, run, serve, tokens
 
     p = Parser(prog="tango-prune", description="Visual-token pruning for Video LLMs (Tango and peers).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     bench.register(sub)
     tokens.register(sub)
-    model.register(sub)
-    model.register_run(sub)
-    model.register_fidelity(sub)
+    evaluate.register(sub)
+    run.register(sub)
+    fidelity.register(sub)
     serve.register(sub)  # parses its own arguments; the rest go to vLLM
     # the demo parses its own options (tango-prune demo --help)
     sub.add_parser("demo", help="decode a real clip, prune its tokens, draw what was kept", add_help=False)

@@ -19,7 +19,7 @@ cosine
     dropped token, the most similar kept feature anywhere), as ``fidelity.coverage`` does for all tokens.
 
 This module never imports the testbed: the caller hands in a window function (clip backgrounds), shape masks and
-colours (``cli.model`` passes the testbed generator's).
+colours (``cli.fidelity`` passes the testbed generator's).
 """
 from __future__ import annotations
 

@@ -80,17 +80,7 @@ def draw_kept(
         ax.imshow(img[t], interpolation="nearest")
         when = f"t={float(timestamps[t]):.1f}s" if timestamps is not None else f"frame {t}"
         ax.set_title(f"{when}: {int((out.positions[:, 0] == t).sum())} kept", fontsize=9)
-    fig.suptitle(
-        (title + "\n" if title else "")
-        + "outlined: kept token; tinted: merged into the kept token of that colour; dark: dropped",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, title, path)
 
 
 
@@ -119,6 +109,13 @@ def draw_compare(frames: Tensor | np.ndarray, results: list[tuple[str, Pruned]],
             when = f"t={float(timestamps[t]):.1f}s" if timestamps is not None else f"frame {t}"
             ax.set_title(when, fontsize=8)
         row[0].set_ylabel(f"{label}\n{out.num_kept} kept", fontsize=9)
+    return _save(fig, title, path)
+
+
+def _save(fig, title: str | None, path) -> Path:
+    """The legend line under ``title``, then the PNG (its folder made if missing); closes the figure."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle((title + "\n" if title else "")
                  + "outlined: kept token; tinted: merged into the kept token of that colour; dark: dropped", fontsize=10)
     fig.tight_layout()

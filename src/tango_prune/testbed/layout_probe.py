@@ -17,8 +17,7 @@ import torch
 
 from tango_prune.models.llava_ov import LlavaOnevisionHandle
 from tango_prune.testbed.data import generate
-from tango_prune.testbed.qa import testbed_qa
-from tango_prune.testbed.variants import resolve
+from tango_prune.testbed.qa import WEIGHTS_HELP, weights_qa
 
 
 def main() -> None:
@@ -26,12 +25,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--shares", default="0.2,0.5", help="shares of the video tokens replaced or dropped")
     ap.add_argument("--methods", default="tango,uniform,random,topk", help="methods compared at 10%%")
-    ap.add_argument("--weights", default="testbed", help="testbed (default), testbed-v2, NAME:FILE or a v1 .pt")
+    ap.add_argument("--weights", default="testbed", help=WEIGHTS_HELP)
     a = ap.parse_args()
-    v, weights = resolve(a.weights) or (None, None)
-    if v is None:
-        raise SystemExit(f"--weights: {a.weights!r} names no testbed")
-    qa = testbed_qa(v, weights)
+    v, qa = weights_qa(a.weights)
     samples = generate(a.n, seed=0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -18,8 +18,7 @@ import torch
 from tango_prune.methods.common import exact_count, finish
 from tango_prune.models.llava_ov import LlavaOnevisionHandle
 from tango_prune.testbed import data as td
-from tango_prune.testbed.qa import testbed_qa
-from tango_prune.testbed.variants import resolve
+from tango_prune.testbed.qa import WEIGHTS_HELP, weights_qa
 
 
 def oracle_index(fraction: np.ndarray, budget: int) -> torch.Tensor:
@@ -47,12 +46,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retention", default="0.1,0.2")
     ap.add_argument("--methods", default="tango,uniform,random")
-    ap.add_argument("--weights", default="testbed", help="testbed (default), testbed-v2, NAME:FILE or a v1 .pt")
+    ap.add_argument("--weights", default="testbed", help=WEIGHTS_HELP)
     a = ap.parse_args()
-    v, weights = resolve(a.weights) or (None, None)
-    if v is None:
-        raise SystemExit(f"--weights: {a.weights!r} names no testbed")
-    qa = testbed_qa(v, weights)
+    v, qa = weights_qa(a.weights)
     bg = td.Backgrounds(None)
     samples = td.generate(a.n, seed=a.seed, bg=bg)
     fractions = [td.object_labels(td.V1, a.seed, i, bg, v.grid)[0] for i in range(len(samples))]

@@ -17,6 +17,20 @@ def testbed_qa(v: Variant, weights=None, dtype=None) -> QA:
     return QA(model, lambda s: inputs(v, s, dtype), lambda logits: answer(v, logits), v.name)
 
 
+WEIGHTS_HELP = "testbed (default), testbed-v2, NAME:FILE or a v1 .pt"
+
+
+def weights_qa(spec: str) -> tuple[Variant, QA]:
+    """The probes' ``--weights SPEC`` (WEIGHTS_HELP): the testbed variant and its QA; exits with one line naming the
+    argument when SPEC names no testbed."""
+    from .variants import resolve
+
+    found = resolve(spec)
+    if found is None:
+        raise SystemExit(f"--weights: {spec!r} names no testbed; use {WEIGHTS_HELP}")
+    return found[0], testbed_qa(*found)
+
+
 def checkpoint_qa(path) -> QA:
     """A local LLaVA-OV / Qwen2-VL / Qwen2.5-VL checkpoint dir, asked the testbed's questions in v1's words."""
     from ..eval.checkpoint import CheckpointPrompter

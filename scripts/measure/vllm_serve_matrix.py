@@ -5,6 +5,7 @@ family x method (and tensor parallel 2), asked again, in a two-turn chat and 16 
         [--out out/vllm_serve_matrix.json] [--src DIR]
 
 --src DIR: run the plugin from another checkout's src (e.g. an older commit's worktree), to show what changed.
+On CPU with --tp 2, bind one core to each rank: VLLM_CPU_OMP_THREADS_BIND="0|1".
 Prints a Markdown table: per family, method and TP size, how many answers differ from the first ask.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> None:
                        "--rate", str(args.rate), "--tp", str(tp),
                        "--dtype", "bfloat16" if family in BF16 else "float32"]
                 p = subprocess.run(cmd, env={**env, "TANGO_PRUNE_METHOD": method}, capture_output=True, text=True)
-                res = json.loads(out.read_text())["summary"] if p.returncode == 0 else {"failed": p.stdout[-500:]}
+                res = json.loads(out.read_text())["summary"] if p.returncode == 0 else {"failed": (p.stdout + p.stderr)[-500:]}
                 rows.append({"family": family, "method": method, "tp": tp, **res})
                 print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from ..core.budget import exact_count
 from ..core.saliency import feature_saliency
 from ..types import Pruned, VideoTokens, positions_of
 
-__all__ = ["check_floor", "check_retention", "exact_count", "finish", "frame_budgets", "saliency_of", "no_options"]
+__all__ = ["VllmFloorMethod", "check_floor", "check_retention", "exact_count", "finish", "frame_budgets", "saliency_of", "no_options"]
 
 
 def check_retention(retention: float) -> float:
@@ -99,3 +99,16 @@ def check_floor(floor: str) -> str:
     if floor not in FLOORS:
         raise ValueError(f"floor must be one of {FLOORS} (vLLM's count or exactly round(r T L)), got {floor!r}")
     return floor
+
+
+class VllmFloorMethod:
+    """What the methods vLLM ships (evs, vidcom2) share: ``retention`` and ``floor`` (check_floor) and no other option.
+    The default floor "vllm" may keep more than the budget (vLLM's count), so ``exact_budget`` is False."""
+
+    exact_budget = False
+    name = ""  # set by @register: the error names the method
+
+    def __init__(self, retention: float = 0.1, floor: str = "vllm", **opts) -> None:
+        no_options(self.name, opts, valid=("floor",))
+        self.retention = check_retention(retention)
+        self.floor = check_floor(floor)

@@ -6,7 +6,7 @@ import torch
 from ..core.segment import consecutive_similarity
 from ..types import Pruned, VideoTokens
 from .registry import register
-from .common import check_floor, check_retention, exact_count, finish, no_options
+from .common import VllmFloorMethod, exact_count, finish
 
 
 
@@ -19,7 +19,7 @@ def evs_count(retention: float, T: int, L: int, floor: str) -> int:
 
 
 @register("evs")
-class EVS:
+class EVS(VllmFloorMethod):
     """EVS: keep the tokens that changed most since the same position in the previous frame.
 
     Every token of frame t > 0 scores 1 - cos(x[t, p], x[t-1, p]) (same spatial position p, previous frame);
@@ -40,13 +40,6 @@ class EVS:
     serving, where many scores tie and ties go to the lower index; on bf16 inputs the kept sets can differ in
     near-tied tokens). On float32 inputs the kept set equals vLLM's mask (tests/test_method_evs_vidcom2.py).
     """
-
-    exact_budget = False  # default floor="vllm": max(L, int(r T L)); floor="exact" keeps exactly the budget
-
-    def __init__(self, retention: float = 0.1, floor: str = "vllm", **opts) -> None:
-        no_options("evs", opts)
-        self.retention = check_retention(retention)
-        self.floor = check_floor(floor)
 
     def __call__(self, vt: VideoTokens) -> Pruned:
         T, L, _ = vt.features.shape

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..types import Pruned, VideoTokens
 from .registry import register
-from .common import check_floor, check_retention, exact_count, finish, no_options
+from .common import VllmFloorMethod, exact_count, finish
 
 ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)  # Gaussian bandwidths 2^-3 .. 2^1 (release and vLLM)
 CHANNEL_SHARE = 0.5  # score in the lowest-variance half of the channels
@@ -28,7 +28,7 @@ def gaussian_similarity(x: Tensor, centre: Tensor) -> Tensor:
 
 
 @register("vidcom2")
-class VidCom2:
+class VidCom2(VllmFloorMethod):
     """VidCom2: frames unlike the video get more tokens; within a frame, keep the tokens least like the video
     and the frame.
 
@@ -53,13 +53,6 @@ class VidCom2:
     per-frame selection go to the lower index (vLLM's unsorted topk leaves them to the kernel). On float32
     inputs the kept set equals vLLM's mask (tests/test_method_evs_vidcom2.py).
     """
-
-    exact_budget = False  # default floor="vllm"; floor="exact" keeps exactly the budget
-
-    def __init__(self, retention: float = 0.1, floor: str = "vllm", **opts) -> None:
-        no_options("vidcom2", opts)
-        self.retention = check_retention(retention)
-        self.floor = check_floor(floor)
 
     def __call__(self, vt: VideoTokens) -> Pruned:
         T, L, D = vt.features.shape

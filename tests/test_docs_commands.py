@@ -15,6 +15,8 @@ Excluded, and why:
   which is not shipped; tests/test_golden.py holds its outputs.
 - `--model testbed-v2:out/testbed_v2/run4/best.pt` (docs/testbed.md): a checkpoint that only a training run writes;
   the loader of testbed v2 itself runs here (`eval --model testbed-v2`).
+- `--model DIR` (`run`, `eval`, `fidelity` on a local Hugging Face checkpoint): none ships; tests/test_run_cli.py
+  runs an exported testbed checkpoint dir through the same code.
 - `bench --encoder reuse`: the same entry point and imports as `bench` (run here, with `--llm-stage`) and the ViT-S
   (run here by `compare`, `fidelity`, `scripts/vit_tokens.py`), but it runs a full-depth SigLIP tower three times
   (minutes on 2 cores); tests/test_bench_encoder.py runs it on a tiny shape.

@@ -16,7 +16,9 @@ import torch
 PINS = Path(__file__).resolve().parent / "data" / "testbed_pins.json"
 # small enough for CI on 2 cores (v2 runs a 30-layer LM per question and method), one question type each at least
 RUNS = {"testbed": 10, "testbed-v2": 5}
-LOGIT_TOL = 2e-3
+# float32 agrees to ~1e-5 across CPUs (above); the pins reproduce exactly on the machine that recorded them. 2e-3 let
+# through a preprocessing drift (ImageNet mean 0.485 -> 0.4852 moved the letter logits by 7.0e-4)
+LOGIT_TOL = 1e-4
 
 
 def _letter_ids(spec: str) -> torch.Tensor:
@@ -83,7 +85,7 @@ def test_eval_rows_equal_the_pins(spec, monkeypatch):
                                                                              w["by_type"])
         assert g["accuracy"] == w["accuracy"] and g["tokens_kept_mean"] == w["tokens_kept_mean"]
         assert g["top1_agreement"] == w["top1_agreement"]
-        assert g["kl"] == pytest.approx(w["kl"], rel=1e-2, abs=1e-4)
+        assert g["kl"] == pytest.approx(w["kl"], rel=1e-3, abs=1e-6)
 
 
 def _write() -> None:

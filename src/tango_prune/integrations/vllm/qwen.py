@@ -37,7 +37,7 @@ from ...types import Pruned, VideoTokens
 from ...core.saliency import global_query
 from ...models.qwen_vl import patch_times
 from . import positions
-from .saliency import capture_qk
+from .qk_capture import capture_qk
 from .runtime import active_settings, announce, dump, log_once, log_saliency, require_attrs, tp_size
 from .settings import make_pruner, read_settings
 

@@ -116,11 +116,11 @@ NEEDS: tuple[Need, ...] = (
     Need(Q25 + "Qwen2_5_VisionTransformer.blocks", "attr", used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionTransformer.spatial_merge_size", "attr", used_in="qwen"),
     Need(Q25 + "Qwen2_5_VisionBlock.attn", "attr", used_in="qwen"),
-    *(Need(Q25 + f"Qwen2_5_VisionAttention.{a}", "attr", used_in="qwen, saliency")
+    *(Need(Q25 + f"Qwen2_5_VisionAttention.{a}", "attr", used_in="qwen, qk_capture")
       for a in ("attn", "num_attention_heads_per_partition")),
-    Need(Q25 + "Qwen2_5_VisionAttention.tp_size", "attr", used_in="qwen, saliency",
+    Need(Q25 + "Qwen2_5_VisionAttention.tp_size", "attr", used_in="qwen, qk_capture",
          fallback="none: qwen.py reads attn.tp_size with no default; runtime.tp_size / require_attrs stop model init"),
-    Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention", "class", used_in="saliency"),
+    Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention", "class", used_in="qk_capture"),
     Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention.forward_native", "call",
          (1, "query", "key", "value"), used_in="saliency (the pre-hook reads query/key)"),
     Need("vllm.multimodal.video_prune.evs:compute_mrope_for_media", "call", (2, "tokens_per_second", "video_second_per_grid"),

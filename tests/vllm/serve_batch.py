@@ -72,17 +72,22 @@ def serve(args, log: Path) -> subprocess.Popen:
         cmd += ["--video-pruning-rate", str(args.rate)]
     if args.chunk is not None:  # unpruned videos need the default budget: vLLM sizes the encoder cache from it
         cmd += ["--max-num-batched-tokens", str(args.chunk)]
+    return start_server(cmd, args.port, log)
+
+
+def start_server(cmd: list[str], port: int, log: Path, seconds: int = 300) -> subprocess.Popen:
+    """Start ``cmd`` (a vLLM OpenAI server on ``port``, output to ``log``) and return once /health answers."""
     p = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    for _ in range(600):
+    for _ in range(2 * seconds):
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
             return p
         except OSError:
             if p.poll() is not None:
                 raise SystemExit(f"server exited with {p.returncode}:\n" + log.read_text()[-3000:]) from None
             time.sleep(0.5)
     p.kill()
-    raise SystemExit("server did not start in 300 s")
+    raise SystemExit(f"server did not start in {seconds} s")
 
 
 def main() -> None:

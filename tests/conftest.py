@@ -69,3 +69,27 @@ def vllm_runs(vllm_ckpts, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vllm-runs")
     return {name: EngineRuns(root / name, vllm_ckpts, python, name) for name, python in ENGINES.items()}
+
+
+# Per-file wall time (setup + call + teardown of its tests) at the end of every run: the CI budget is 20 minutes,
+# and the file is the unit a change to the suite adds or removes. TANGO_TEST_TIMES=path also writes every test's time.
+_TIMES: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _TIMES:
+        return
+    per_file: dict[str, float] = {}
+    for nodeid, secs in _TIMES.items():
+        per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + secs
+    terminalreporter.write_sep("=", f"slowest files (of {len(per_file)}; all: {sum(per_file.values()):.0f} s)")
+    for path, secs in sorted(per_file.items(), key=lambda kv: -kv[1])[:20]:
+        terminalreporter.write_line(f"{secs:8.1f}s  {path}")
+    if os.environ.get("TANGO_TEST_TIMES"):
+        import json
+
+        Path(os.environ["TANGO_TEST_TIMES"]).write_text(json.dumps(_TIMES, indent=1))

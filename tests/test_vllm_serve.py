@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tango_prune.integrations.vllm import supported_range
 from tests.vllm_helpers import ROOT, need_vllm, pool
 
 
@@ -85,7 +86,7 @@ def test_serve_without_vllm_says_how_to_install(tmp_path, monkeypatch):
         serve.find_vllm_python(None, [tmp_path])
     msg = str(e.value)
     assert "\n" not in msg and f"there is no {tmp_path}/.venv-vllm" in msg
-    assert "install vLLM 0.31 to 0.34" in msg and "scripts/setup_vllm.sh" in msg
+    assert f"install vLLM {supported_range()}" in msg and "scripts/setup_vllm.sh" in msg
 
 
 def test_serve_dry_run_sets_the_plugin_and_rate(capsys, monkeypatch):

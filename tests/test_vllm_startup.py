@@ -172,7 +172,7 @@ def test_saliency_fallback_logged_at_warning_once(plugin_log):
 def test_missing_vllm_attribute_stops_with_one_line():
     """A vLLM attribute the plugin reads (here the attention's tp_size) is never defaulted: a release that renamed it
     stops model init with one line naming it, instead of skipping the saliency all-reduce."""
-    from tango_prune.integrations.vllm.runtime import MissingVllmName, require_attrs, tp_size
+    from tango_prune.integrations.vllm.vllm_names import MissingVllmName, require_attrs, tp_size
 
     class Attn:
         num_heads = 16

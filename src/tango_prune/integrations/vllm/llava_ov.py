@@ -34,7 +34,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from ...models.llava_ov import SALIENCY_MODES, SALIENCY_SOURCES, resolve_saliency, sink_preset
 from ...models.saliency import attention_received, cls_attention, load_siglip_head, map_head_attention
 from ...types import Pruned, VideoTokens
-from .runtime import DEBUG_DIR_VAR, announce, dump, log_saliency, require_attrs, tp_size
+from .debug_dump import DEBUG_DIR_VAR, dump
+from .runtime import announce, log_saliency
+from .vllm_names import require_attrs, tp_size
 from .settings import Settings, kept_count, make_pruner, read_settings
 
 logger = init_logger("vllm.tango_prune")

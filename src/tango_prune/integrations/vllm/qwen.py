@@ -38,7 +38,9 @@ from ...core.saliency import global_query
 from ...models.qwen_vl import patch_times
 from . import positions
 from .qk_capture import capture_qk
-from .runtime import active_settings, announce, dump, log_once, log_saliency, require_attrs, tp_size
+from .debug_dump import dump
+from .runtime import active_settings, announce, log_once, log_saliency
+from .vllm_names import require_attrs, tp_size
 from .settings import make_pruner, read_settings
 
 

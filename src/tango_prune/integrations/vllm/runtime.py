@@ -1,21 +1,14 @@
-"""The plugin's per-process state and what the model classes share with ``register``: the validated settings, the
-one "active" log line, once-only log lines, the saliency-source line, the debug dump (``TANGO_PRUNE_DEBUG_DIR``),
-and the reads of vLLM instance attributes that must not fall back silently (``require_attrs``, ``tp_size``)."""
+"""The plugin's per-process state, shared by ``register`` and the model classes: the validated settings and what
+it logs (the one "active" line, once-only lines, the saliency-source line). The debug dump is ``debug_dump.py``;
+the checked reads of vLLM attributes (``require_attrs``, ``tp_size``) are in ``vllm_names.py``."""
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 
-import torch
-
-from ...types import Pruned, VideoTokens
 from .settings import Settings
 
-DEBUG_DIR_VAR = "TANGO_PRUNE_DEBUG_DIR"  # save each pruned video's inputs and output there (tests, debugging)
 _state: dict = {"active": None, "announcement": None}
 _logged: set[str] = set()
-_dump_counter = itertools.count()
 
 
 def _logger():
@@ -56,39 +49,3 @@ def log_saliency(source: str, from_tower: bool) -> None:
     log_once(f"saliency:{source}", "tango-prune: saliency source: %s%s", source,
              "" if from_tower else " (not the vision tower's attention: the kept tokens differ from the default's)",
              level=logging.INFO if from_tower else logging.WARNING)
-
-
-class MissingVllmName(RuntimeError):
-    """A vLLM name the plugin reads is absent: stop rather than run with a guessed value."""
-
-
-def require_attrs(obj, names, owner: str) -> None:
-    """Raise one line naming the first of ``names`` that ``obj`` (a vLLM object; ``owner`` says which) lacks.
-    Called at model init, so that a vLLM release that renamed an attribute stops start-up instead of serving
-    with a default (each name is in ``vllm_names.NEEDS``)."""
-    missing = [n for n in names if not hasattr(obj, n)]
-    if missing:
-        raise MissingVllmName(f"tango-prune: vLLM's {owner} has no attribute {missing[0]!r} (this vLLM differs from "
-                              f"the releases the plugin supports); unset TANGO_PRUNE_METHOD or install a supported vLLM")
-
-
-def tp_size(attn, owner: str = "vision attention") -> int:
-    """The tensor-parallel size of a vLLM attention module (its ``tp_size``), never a default: a wrong 1 would
-    silently skip the saliency all-reduce and let every rank keep different tokens."""
-    require_attrs(attn, ("tp_size",), owner)
-    return int(attn.tp_size)
-
-
-def dump(vt: VideoTokens, out: Pruned, source: str, retention: float) -> None:
-    folder = os.environ.get(DEBUG_DIR_VAR)
-    if not folder:
-        return
-    os.makedirs(folder, exist_ok=True)
-    record = {
-        "features": vt.features.detach().cpu(), "saliency": None if vt.saliency is None else vt.saliency.cpu(),
-        "grid": vt.grid, "timestamps": None if vt.timestamps is None else vt.timestamps.cpu(),
-        "index": out.index.cpu(), "kept_features": out.features.detach().cpu(), "merged": out.merged.cpu(),
-        "saliency_source": source, "retention": retention,
-    }
-    torch.save(record, os.path.join(folder, f"{os.getpid()}-{next(_dump_counter):05d}.pt"))
-

@@ -4,7 +4,7 @@
 installs or imports, or an installed ``site-packages``), so a new release can be judged before it is installed.
 Whoever changes the plugin's use of vLLM changes this table in the same commit: a name used but not listed is a
 name no check guards. A name read with a fallback (a ``getattr`` default, ``or 0.0``) says so in ``fallback``; every
-other instance attribute the plugin reads is checked on the live object at model init (``runtime.require_attrs``)
+other instance attribute the plugin reads is checked on the live object at model init (``require_attrs`` below)
 and a missing one stops start-up with one line.
 
 A ``Need`` is ``module:Qual.name`` plus what the plugin needs of it:
@@ -119,7 +119,7 @@ NEEDS: tuple[Need, ...] = (
     *(Need(Q25 + f"Qwen2_5_VisionAttention.{a}", "attr", used_in="qwen, qk_capture")
       for a in ("attn", "num_attention_heads_per_partition")),
     Need(Q25 + "Qwen2_5_VisionAttention.tp_size", "attr", used_in="qwen, qk_capture",
-         fallback="none: qwen.py reads attn.tp_size with no default; runtime.tp_size / require_attrs stop model init"),
+         fallback="none: qwen.py reads attn.tp_size with no default; tp_size / require_attrs (below) stop model init"),
     Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention", "class", used_in="qk_capture"),
     Need("vllm.model_executor.layers.attention.mm_encoder_attention:MMEncoderAttention.forward_native", "call",
          (1, "query", "key", "value"), used_in="saliency (the pre-hook reads query/key)"),
@@ -221,3 +221,24 @@ SUBCLASSED: dict[str, str] = {
 }
 
 __all__ = ["NEEDS", "Need", "PRUNABLE_ARCHS", "SUBCLASSED"]
+
+
+class MissingVllmName(RuntimeError):
+    """A vLLM name the plugin reads is absent: stop rather than run with a guessed value."""
+
+
+def require_attrs(obj, names, owner: str) -> None:
+    """Raise one line naming the first of ``names`` that ``obj`` (a vLLM object; ``owner`` says which) lacks.
+    Called at model init, so that a vLLM release that renamed an attribute stops start-up instead of serving
+    with a default (each name is in ``vllm_names.NEEDS``)."""
+    missing = [n for n in names if not hasattr(obj, n)]
+    if missing:
+        raise MissingVllmName(f"tango-prune: vLLM's {owner} has no attribute {missing[0]!r} (this vLLM differs from "
+                              f"the releases the plugin supports); unset TANGO_PRUNE_METHOD or install a supported vLLM")
+
+
+def tp_size(attn, owner: str = "vision attention") -> int:
+    """The tensor-parallel size of a vLLM attention module (its ``tp_size``), never a default: a wrong 1 would
+    silently skip the saliency all-reduce and let every rank keep different tokens."""
+    require_attrs(attn, ("tp_size",), owner)
+    return int(attn.tp_size)

@@ -80,9 +80,18 @@ def pytest_runtest_logreport(report):
     _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
 
 
+def _cpu_kind() -> str:
+    """bf16 runs ~90x slower where avx512_bf16 is missing, and the suite's time with it: every log names the CPU."""
+    info = Path("/proc/cpuinfo")
+    model = next((ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")),
+                 "unknown") if info.exists() else "unknown"
+    return f"cpu: {model}, {os.cpu_count()} cores, avx512_bf16 {torch.cpu._is_avx512_bf16_supported()}"
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _TIMES:
         return
+    terminalreporter.write_line(_cpu_kind())
     per_file: dict[str, float] = {}
     for nodeid, secs in _TIMES.items():
         per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + secs
@@ -94,9 +103,3 @@ def pytest_terminal_summary(terminalreporter):
 
         Path(os.environ["TANGO_TEST_TIMES"]).write_text(json.dumps(_TIMES, indent=1))
 
-
-def pytest_report_header(config):
-    """The CPU kind heads every log: bf16 runs ~90x slower where avx512_bf16 is missing, and the suite's time with it."""
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
-    return f"cpu: {model}, {os.cpu_count()} cores, avx512_bf16 {torch.cpu._is_avx512_bf16_supported()}"

@@ -179,6 +179,11 @@ class Pool:
                 except subprocess.TimeoutExpired:
                     rc = 124
         secs = time.perf_counter() - t
+        if os.environ.get("TANGO_VLLM_RUN_TIMES"):  # every engine run's wall time, for budgeting the suite
+            with open(os.environ["TANGO_VLLM_RUN_TIMES"], "a") as f:
+                f.write(json.dumps({"args": [Path(a).name if "/" in a else a for a in argv], "rc": rc, "seconds": secs,
+                                    "env": {k: v for k, v in (extra_env or {}).items() if k != "TANGO_PRUNE_DEBUG_DIR"},
+                                    "end": time.time()}) + "\n")
         text = log.read_text(errors="replace") if log.exists() else ""
         log.unlink(missing_ok=True)
         return Done(rc, text, secs)

@@ -12,7 +12,6 @@ TANGO_PRUNE_DEBUG_DIR, ...); with a debug dir, the dumps of the alone pass go to
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_check import DTYPE  # noqa: E402  (Qwen3.5's linear attention runs in bfloat16 only on vLLM's CPU)
+from engine_check import DTYPE, check_parser  # noqa: E402  (Qwen3.5's linear attention runs in bfloat16 only on vLLM's CPU)
 
 QWEN_PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
 TEXTS = ["Describe.", "What moves?", "Count them.", "Where is it?", "Why?", "Say more about the start.", "Go on.", "Colors?"]
@@ -94,11 +93,7 @@ def record_chunks(llm) -> dict[tuple, list]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--family", required=True, choices=sorted(SHAPES))
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--rate", type=float, default=None)
+    ap = check_parser(SHAPES)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=6)
     ap.add_argument("--chunk", type=int, default=None, help="max_num_batched_tokens (small: prompts split in chunks)")

@@ -96,12 +96,19 @@ def run_hf(args, vllm_top: list[int], given: bool = False) -> dict:
             "index": kept.index.tolist()}
 
 
-def main() -> None:
+def check_parser(families) -> argparse.ArgumentParser:
+    """What every engine check script takes: the family (one of ``families``), the checkpoint, where to write its
+    JSON, and the plugin's --video-pruning-rate (None: the plugin's own default)."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--family", required=True, choices=sorted(FRAME_PX))
+    ap.add_argument("--family", required=True, choices=sorted(families))
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--rate", type=float, default=None)
+    return ap
+
+
+def main() -> None:
+    ap = check_parser(FRAME_PX)
     ap.add_argument("--hf", action="store_true")
     ap.add_argument("--dtype", default=None, help="float32, or bfloat16 for the Qwen3.5 families (DTYPE)")
     ap.add_argument("--hf-dtype", default=None, help="transformers' dtype with --hf (default: --dtype)")

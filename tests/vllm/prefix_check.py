@@ -21,7 +21,6 @@ and each step's top-5 log-probs, plus where the media placeholders sit in the pr
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -32,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_check import LLAVA_TEXTS, SHAPES, video  # noqa: E402
-from engine_check import DTYPE  # noqa: E402
+from engine_check import DTYPE, check_parser  # noqa: E402
 
 SYSTEM = ("<|im_start|>system\nYou are a careful assistant. You look at every frame of the video before you answer, "
           "and you answer in one short sentence.<|im_end|>\n")
@@ -113,11 +112,7 @@ def clip(family: str, i: int, frames: int | None = None):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--family", required=True, choices=sorted(SHAPES))
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--rate", type=float, default=None)
+    ap = check_parser(SHAPES)
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=5)
     ap.add_argument("--scenarios", default="again,chat,partial,together,shapes")

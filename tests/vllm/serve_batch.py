@@ -90,12 +90,18 @@ def start_server(cmd: list[str], port: int, log: Path, seconds: int = 300) -> su
     raise SystemExit(f"server did not start in {seconds} s")
 
 
-def main() -> None:
+def server_parser(port: int) -> argparse.ArgumentParser:
+    """What the OpenAI-server checks take: the checkpoint, where to write the JSON, the plugin's rate, the port."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--rate", type=float, default=None)
-    ap.add_argument("--port", type=int, default=18441)
+    ap.add_argument("--port", type=int, default=port)
+    return ap
+
+
+def main() -> None:
+    ap = server_parser(18441)
     ap.add_argument("--chunk", type=int, default=None, help="--max-num-batched-tokens (default: vLLM's)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())

@@ -17,7 +17,6 @@ reference.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_batch import QUESTIONS, clips, post, start_server  # noqa: E402
+from serve_batch import QUESTIONS, clips, post, server_parser, start_server  # noqa: E402
 
 LOGPROB_TOL = {"float32": 1e-4, "bfloat16": 2e-2}
 
@@ -59,11 +58,7 @@ def differs(a: dict, b: dict, tol: float) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--rate", type=float, default=None)
-    ap.add_argument("--port", type=int, default=18451)
+    ap = server_parser(18451)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()

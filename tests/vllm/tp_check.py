@@ -14,7 +14,6 @@ its own debug records (``<pid>-<n>.pt``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_check import requests  # noqa: E402
-from engine_check import DTYPE  # noqa: E402
+from engine_check import DTYPE, check_parser  # noqa: E402
 
 # the batch check's request shapes per processor: the Qwen3.5 families share Qwen3-VL's processor
 SHAPES_OF = {"qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen3_vl_moe": "qwen3_vl", "qwen3_5": "qwen3_vl",
@@ -53,12 +52,8 @@ def rank_info(model) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--family", required=True, choices=sorted(SHAPES_OF))
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--out", required=True)
+    ap = check_parser(SHAPES_OF)
     ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--rate", type=float, default=None)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=6)
     ap.add_argument("--mm-encoder-tp-mode", default=None, choices=["weights", "data"])

@@ -34,6 +34,12 @@ REFERENCE = "0.32"
 ENGINES = {REFERENCE: VLLM_PY, "0.31": ROOT / ".venv-vllm-0.31" / "bin" / "python"}
 BASE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
             "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# vLLM torch.compiles its sampler's log-prob gather even with enforce_eager: ~7 s of dynamo and inductor in every
+# engine that returns log-probs (nearly all of ours), for one log_softmax + gather on a tiny vocabulary. Eager gives
+# the same log-probs bit for bit (measured on the Qwen3-VL engine check), so the tests' engines run without dynamo;
+# scripts/gpu_check.sh (TANGO_VLLM_EAGER=0) keeps it, as it keeps CUDA graphs.
+if os.environ.get("TANGO_VLLM_EAGER", "1") != "0":
+    BASE_ENV["TORCHDYNAMO_DISABLE"] = "1"
 
 
 def required() -> bool:

@@ -13,6 +13,7 @@ ends every child and this process.
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -88,6 +89,9 @@ def main() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    # what was imported stays for every child: frozen, vLLM's own gc.collect() calls at engine start (four) skip it
+    # (measured: ~1.5 s less of a ~5 s tiny engine run), and the children's pages stay shared with this process
+    gc.freeze()
     say({"ready": True})
     running: dict[int, str] = {}
     sel = selectors.DefaultSelector()

@@ -39,19 +39,6 @@ def _fail_skip(report) -> None:
         report.longrepr = f"skipped, but TANGO_REQUIRE_ALL=1 (CI runs every test): {reason}"
 
 
-# pytest-xdist (-n 2 --dist loadgroup, pyproject.toml): every engine test shares one session's fork servers, tiny
-# checkpoints and engine runs (tests/vllm_helpers.py), so they all go to one worker; each other file goes whole to
-# either worker, so a module fixture (a trained testbed, a built venv) is never made twice. The vLLM group is the
-# largest and xdist hands out the largest first: its engines run on one worker while the other takes the rest.
-VLLM_FILES = ("test_vllm", "test_bench_vllm")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("vllm" if name.startswith(VLLM_FILES) else name))
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -155,7 +155,14 @@ def main() -> None:
         ref = asker.ask("reference", asker.request([("video", clip(f, 0), "partial-ref")], pad=pad))
         rows = [ref]
         n = len(ref["prompt_token_ids"])
-        for k in range(1, -(-n // args.chunk)):  # k chunks past the text the reference left cached
+        span = [i for i, t in enumerate(ref["prompt_token_ids"]) if t == video_id]
+        # a copy aborted after k chunks leaves k * chunk tokens cached: of the k that end before, inside and after
+        # the video, the first and the last of each (every k would be ~n / chunk asks of two prefills each)
+        where = {}
+        for k in range(1, -(-n // args.chunk)):
+            side = "before" if k * args.chunk <= span[0] else "after" if k * args.chunk > span[-1] else "inside"
+            where.setdefault(side, []).append(k)
+        for k in sorted({k for ks in where.values() for k in (ks[0], ks[-1])}):
             req = asker.request([("video", clip(f, 0), f"partial-{k}")], pad=pad)
             asker.aborted(req, k)
             rows.append(asker.ask(f"after {k} chunks", req))

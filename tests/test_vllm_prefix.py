@@ -124,7 +124,7 @@ def test_a_two_turn_chat_about_a_video(runs, ckpts, family):
 def test_cache_hits_ending_before_inside_and_after_the_video(runs, ckpts, family):
     """A request whose aborted copy got k prefill chunks in finds ~k chunks of it cached (the video shifted so that a
     cache block ends in the middle of it); the reference, under a fresh media id, finds only the text before it.
-    The k asked: the first and last of those ending before, inside and after the video (tests/vllm/prefix_check.py)."""
+    k = 1, 2, ... until three asks in a row hit the same block past the video (tests/vllm/prefix_check.py)."""
     ref, *hits = runs(family, "tango")["partial"]
     start, end = media_span(family, ref, ckpts[family])
     where = {"before" if h["cached"] <= start else "after" if h["cached"] > end else "inside" for h in [ref, *hits]}

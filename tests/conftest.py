@@ -94,7 +94,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(_cpu_kind())
     per_file: dict[str, float] = {}
     for nodeid, secs in _TIMES.items():
-        per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + secs
+        path = nodeid.split("::")[0]
+        per_file[path] = per_file.get(path, 0.0) + secs
     terminalreporter.write_sep("=", f"slowest files (of {len(per_file)}; all: {sum(per_file.values()):.0f} s)")
     for path, secs in sorted(per_file.items(), key=lambda kv: -kv[1])[:20]:
         terminalreporter.write_line(f"{secs:8.1f}s  {path}")
@@ -102,4 +103,3 @@ def pytest_terminal_summary(terminalreporter):
         import json
 
         Path(os.environ["TANGO_TEST_TIMES"]).write_text(json.dumps(_TIMES, indent=1))
-

@@ -87,3 +87,20 @@ def test_bench_vllm_rows_relate_every_method_to_stock_and_to_uniform():
     assert rows[0]["speedup"] == 1.0 and rows[0]["limit_speedup"] == 1.0
     assert "| 16 | tango | 0.1 | 200 | 5.00 | 2.00x | 2.50x | 80% | +1.00 |" in format_rows(rows)
     assert ARCHS["qwen2.5-vl-3b"][0]["num_hidden_layers"] == 36
+
+
+def test_random_weights_are_n002_distinct_rows_and_reproducible(tiny_archs):
+    import torch
+
+    a, _ = archs.build("tiny-ov", torch.float32)
+    b, _ = archs.build("tiny-ov", torch.float32)
+    w = a.get_input_embeddings().weight
+    assert torch.equal(w, b.get_input_embeddings().weight)  # same seed, same model
+    assert abs(w.std().item() - 0.02) < 0.002 and abs(w.mean().item()) < 0.002
+    assert torch.unique(w, dim=0).shape[0] == w.shape[0]
+    # past one tile (2^20 - 3 values) the rows are shifts of it, not copies: a 3584-wide matrix's rows stay distinct
+    flat = torch.empty(3 * archs._TILE)
+    archs._tile_into(flat, torch.arange(archs._TILE, dtype=torch.float32))
+    rows = flat[: (flat.numel() // 3584) * 3584].view(-1, 3584)
+    assert torch.unique(rows, dim=0).shape[0] == rows.shape[0]
+    assert flat[archs._TILE] == 0 and flat[-1] == archs._TILE - 1

@@ -44,3 +44,5 @@ fi
 if [ "$extras" != "demo" ]; then
   "${pip[@]}" --no-deps lmms-eval==0.7.3
 fi
+# what built this venv (tests/test_docs_commands.py reuses a default-extras venv only when the stamp matches)
+{ echo "$extras"; cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1; } > "$venv/tango-setup-stamp"

@@ -4,8 +4,11 @@ One engine per run (tests/vllm/batch_check.py): 8 video requests of different fr
 first each alone, then all 8 in one ``generate`` call (max_num_seqs 8). The prefill budget is small, so the
 scheduler cuts prompts into chunks, at different places alone and in the batch: that is what made Qwen3-VL answers
 depend on their batch (a chunk resuming inside a pruned video got shifted M-RoPE positions; see
-integrations/vllm/positions.py). Families: Qwen2.5-VL, Qwen3-VL, Qwen3.5 dense and MoE (bfloat16) and LLaVA-OV. Each also runs
-stock (plugin not loaded, no pruning), which must be invariant the same way: the premise the plugin is held to.
+integrations/vllm/positions.py). Families: Qwen2.5-VL, Qwen3-VL, Qwen3.5 dense and MoE (bfloat16) and LLaVA-OV. Where
+a family's answers depend on the batch, the same check runs on stock vLLM (plugin not loaded, no pruning) and the
+failure says whether stock differs too (then the cause is vLLM's, or the machine's kernels, not the plugin's). Stock
+runs only then: when the plugin's answers are batch invariant, stock's verdict changes nothing a user relies on
+(they were six engine runs, ~100 s, on every CI run).
 The scheduler's chunks are recorded (tests/vllm/batch_check.py): every pruned Qwen family has chunks that resume
 inside a video, cut at other places alone than in the batch, or the test would prove nothing. Prefix caching is on
 (vLLM's default). The runs start together when the module starts (tests/vllm_helpers.py).
@@ -32,7 +35,7 @@ BF16_TOL = 2e-2
 
 
 VIDEO_TOKEN = {"llava_ov": 398}  # zoo.TINY_IDS["video"]; the Qwen checkpoints' <|video_pad|> is 262
-RUNS = [(f, m) for f in FAMILIES for m in ("stock", "tango")] + [("qwen3_vl", "uniform")]
+RUNS = [(f, "tango") for f in FAMILIES] + [("qwen3_vl", "uniform")]  # stock: only to explain a failure
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,8 @@ def inside_video(ids: list[int], start: int, token: int) -> bool:
     return 0 < start < len(ids) and ids[start] == token and ids[start - 1] == token
 
 
-def assert_same_answers(res: dict, family: str) -> None:
+def batch_diffs(res: dict, family: str) -> list[str]:
+    """Where a run's batched answers differ from its answers alone (empty: invariant)."""
     alone, batch = res["alone"], res["batch"]
     bf16 = family in BF16
     assert len(alone) == len(batch) == N
@@ -86,20 +90,22 @@ def assert_same_answers(res: dict, family: str) -> None:
             if ids_a != ids_b or gap > LOGPROB_TOL:
                 diffs.append(f"request {i} step {step}: top-5 {ids_a} vs {ids_b}, log-prob gap {gap:.2e}")
                 break
-    assert not diffs, "answers depend on the batch:\n" + "\n".join(diffs)
+    return diffs
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_stock_vllm_is_batch_invariant(runs, family):
-    """The premise: stock vLLM (plugin not loaded, no pruning), chunked the same way, answers alike alone and in a
-    batch on this CPU in fp32."""
-    assert_same_answers(runs(family, "stock"), family)
+def assert_same_answers(runs, family: str, mode: str) -> None:
+    diffs = batch_diffs(runs(family, mode), family)
+    if diffs:
+        stock = batch_diffs(runs(family, "stock"), family)
+        verdict = (f"stock vLLM differs too ({len(stock)} requests): vLLM's or this machine's, not the plugin's"
+                   if stock else "stock vLLM is batch invariant here: the plugin's")
+        pytest.fail(f"{mode} answers depend on the batch ({verdict}):\n" + "\n".join(diffs))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tango_is_batch_invariant(runs, family):
     """Tango at rate 0.9: the same prompt, greedy tokens and log-probs alone and in a batch."""
-    assert_same_answers(runs(family, "tango"), family)
+    assert_same_answers(runs, family, "tango")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -124,7 +130,7 @@ def test_chunks_resume_inside_videos(runs, family):
 
 def test_uniform_is_batch_invariant_on_qwen3(runs):
     """Another method through the same path (uniform differed on 12 of 16 requests before the fix)."""
-    assert_same_answers(runs("qwen3_vl", "uniform"), "qwen3_vl")
+    assert_same_answers(runs, "qwen3_vl", "uniform")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -39,10 +39,11 @@ def assert_stock_when_nothing_is_pruned(model, kw):
             assert h.last_stats[0]["saliency"] == "qwen-global-query"
 
 
-def assert_batch_equals_each_alone(model, a, b, **extra):
-    """Two videos of different lengths, left-padded into one batch under Tango at 0.25: each row's greedy tokens
-    equal that video's alone. ``extra``: batched inputs the family takes besides pixels and grids."""
-    with apply(model, "tango", 0.25):
+def assert_batch_equals_each_alone(model, a, b, opts: dict | None = None, **extra):
+    """Two videos of different lengths, left-padded into one batch under Tango at 0.25 (``opts``: more apply()
+    options): each row's greedy tokens equal that video's alone. ``extra``: batched inputs the family takes besides
+    pixels and grids."""
+    with apply(model, "tango", 0.25, **(opts or {})):
         solo = [greedy(model, kw)[0, kw["input_ids"].shape[1]:] for kw in (a, b)]
         S = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
         ids = torch.zeros(2, S, dtype=torch.long)

@@ -44,6 +44,31 @@ def segment_video(vt: VideoTokens, cfg: TangoConfig, tok_sim: Tensor | None) -> 
     return [T]
 
 
+def prune_segments(
+    feats: Tensor, norms: Tensor, times: Tensor, sal: Tensor, tok_sim: Tensor, sizes: list[int], cfg: TangoConfig,
+    geo: Geometry,
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], list[int]]:
+    """SPEC steps 3-5 over frames already cut into segments ``sizes``: (index, features, merged, owner) over these
+    frames' T * L tokens, and each segment's number of static positions."""
+    T, L, _ = feats.shape
+    if cfg.static_merge and T > 1:
+        statics = static_positions(tok_sim, sizes, cfg.static_tau)
+        n_static = torch.stack([s.sum() for s in statics]).tolist()  # one host sync for all segments
+    else:
+        statics, n_static = [None] * len(sizes), [0] * len(sizes)
+    pieces = Pieces(T * L, feats.device)
+    a, singles = 0, []
+    for n, static, ns in zip(sizes, statics, n_static):
+        if n == 1:  # runs of one-frame segments go through in batches (prune_frames)
+            singles.append(a)
+        else:
+            seg = feats[a : a + n]
+            prune_segment(seg, norms[a : a + n], times[a : a + n], sal[a : a + n], static, ns, a * L, cfg, geo, pieces)
+        a += n
+    prune_single_frames(feats, norms, times, sal, singles, cfg, geo, pieces)
+    return pieces.finish(), n_static
+
+
 def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overrides) -> Pruned:
     """Tango (arXiv 2604.09547) on one video's tokens; see SPEC-tango.md and README.
 
@@ -69,24 +94,8 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
             index, feats.reshape(T * L, D), positions_of(index, vt.grid), list(sizes),
             torch.zeros(T * L, dtype=torch.bool, device=feats.device), index.clone(), vt.grid, info,
         )
-    if cfg.static_merge and T > 1:
-        statics = static_positions(tok_sim, sizes, cfg.static_tau)
-        n_static = torch.stack([s.sum() for s in statics]).tolist()  # one host sync for all segments
-    else:
-        statics, n_static = [None] * len(sizes), [0] * len(sizes)
-
     geo = Geometry(W, section, cfg.base_time, cfg.base_space, cfg.strope, torch.bfloat16 if fast else torch.float32)
-    pieces = Pieces(T * L, feats.device)
-    a, singles = 0, []
-    for n, static, ns in zip(sizes, statics, n_static):
-        if n == 1:  # runs of one-frame segments go through in batches (prune_frames)
-            singles.append(a)
-        else:
-            seg = feats[a : a + n]
-            prune_segment(seg, norms[a : a + n], times[a : a + n], sal[a : a + n], static, ns, a * L, cfg, geo, pieces)
-        a += n
-    prune_single_frames(feats, norms, times, sal, singles, cfg, geo, pieces)
-    index, out, merged, owner = pieces.finish()
+    (index, out, merged, owner), n_static = prune_segments(feats, norms, times, sal, tok_sim, sizes, cfg, geo)
     reference_count = int(index.shape[0])
     rank = sal.flatten()
     brief = torch.empty(0, dtype=torch.long, device=feats.device)

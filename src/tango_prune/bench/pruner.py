@@ -66,7 +66,8 @@ def run_bench(
     """Tango (``prune_video_tokens``) per similarity mode, the release when given, and any other registry
     ``methods`` (names, or (label, name, options) as ``resolve_methods`` gives), each on the same synthetic video
     per frame count: scenes of ``scene_frames``
-    frames with a still background (``scene="video"``), or a video with no static position (``scene="noise"``)."""
+    frames with a still background (``scene="video"``), a video with no static position (``scene="noise"``), or one
+    long segment with no static position (``scene="moving"``, the pruner's worst input)."""
     side = math.isqrt(tokens)
     if side * side != tokens:
         raise ValueError(f"--tokens must be a square grid size (e.g. 196 = 14x14, 169 = 13x13), got {tokens}")
@@ -84,6 +85,8 @@ def run_bench(
     for T in frames:
         if scene == "noise":
             vt = noise_video(T, side, dim, dtype=DTYPES[dtype])
+        elif scene == "moving":
+            vt = noise_video(T, side, dim, dtype=DTYPES[dtype], rank=32, noise=0.6)
         else:
             vt = synthetic_video(T, side, dim, dtype=DTYPES[dtype], scene_frames=scene_frames)
         if device != "cpu":

@@ -152,9 +152,11 @@ def register(sub) -> None:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--device", default="cpu")
     b.add_argument("--scene-frames", type=ints_arg, default=[4, 24], help="MIN,MAX frames per synthetic scene")
-    b.add_argument("--scene", default="video", choices=["video", "noise"],
+    b.add_argument("--scene", default="video", choices=["video", "noise", "moving"],
                    help="video: scenes with a still background (--scene-frames); noise: no static position anywhere "
-                   "(a shared rank-64 base plus each frame's own noise, 6.4x the base)")
+                   "(a shared rank-64 base plus each frame's own noise, 6.4x the base); moving: the pruner's worst "
+                   "input, frames alike enough to form one long segment with nothing static (a rank-32 base plus "
+                   "0.6x noise: each token's similarity to the frame before ~0.74, between segment_tau and static_tau)")
     b.add_argument("--max-segment-frames", type=int, default=1024, help="TangoConfig.max_segment_frames")
     b.add_argument("--methods", default="", help="other registry methods to time on the same videos (e.g. flashvid,evs, or all)")
     b.add_argument("--release", help="path to a checkout of the authors' release (xjtupanda/Tango) to time side by side")

@@ -20,6 +20,9 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
     the mean share over the LLM's layers is ``retention``). Per call, ``video_timestamps`` (one (T,) tensor of
     seconds per video) feeds ST-RoPE. ``encoder`` (LLaVA-OV only, off by default): "reuse" or a
     ``ReuseConfig``/dict: tokens unchanged since their key frame skip the tower's later blocks (encoders/reuse.py).
+    ``chunk_frames`` (Tango only, off by default): the tower encodes each video that many frames at a time (Qwen:
+    temporal patches) and each chunk is pruned as it comes (stream.TangoStream), so only kept rows are held for a
+    long video; ``max_carry`` (default 256) caps the frames of the still-open segment held across chunks.
     Returns a handle; ``handle.remove()`` or ``with apply(...)`` restores the
     stock model; ``handle.last_stats`` reports the most recent call's counts and times.
     """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,18 @@ from . import llm_stage as llm_stage_mod
 from .sequence import Compacted, compact_video_runs, expand_to_original
 
 _ATTR = "_tango_prune_handle"
+
+
+@dataclass(frozen=True)
+class VideoShape:
+    """A video encoded and pruned chunk by chunk (``chunk_frames``): its grid only, the features are not held."""
+
+    grid: tuple[int, int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        T, H, W = self.grid
+        return T * H * W
 
 
 def timed(ctx: dict, key: str, fn, *args):
@@ -41,9 +54,17 @@ class PruneHandle:
 
     family = "base"
 
-    def __init__(self, model, method: str, retention: float, llm_stage=None, **method_opts) -> None:
+    def __init__(self, model, method: str, retention: float, llm_stage=None, chunk_frames: int | None = None,
+                 max_carry: int = 256, **method_opts) -> None:
         if getattr(model, _ATTR, None) is not None:
             raise ValueError("tango-prune is already applied to this model; call handle.remove() first")
+        if chunk_frames is not None:
+            if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+                raise ValueError(f"chunk_frames must be a positive number of frames (or None), got {chunk_frames!r}")
+            if method != "tango":
+                raise ValueError(f"chunk_frames prunes chunk by chunk with Tango (stream.TangoStream); method "
+                                 f"{method!r} needs the whole video: use method='tango' or chunk_frames=None")
+        self.chunk_frames, self.max_carry = chunk_frames, max_carry
         self.model = model
         self.method = method
         self.target_retention = retention
@@ -124,6 +145,16 @@ class PruneHandle:
     def prune_one(self, vt: VideoTokens) -> Pruned:
         return self.pruner(vt)
 
+    def encode_chunked(self, kwargs: dict, ctx: dict) -> tuple[list[VideoShape], list[Pruned], list[str]]:
+        """``chunk_frames``: encode each video ``chunk_frames`` frames at a time, pruning as the chunks come
+        (stream.TangoStream); only kept rows are held. Puts each video's pruning seconds in ctx["prune_s"]."""
+        raise ValueError(f"chunk_frames is not supported for {type(self.model).__name__} yet")
+
+    def stream(self, hw: tuple[int, int]):
+        from ..stream import TangoStream
+
+        return TangoStream(self.pruner.config, max_carry=self.max_carry)
+
     def encode_given(self, videos: list[VideoTokens], kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
         """``video_tokens=`` from ``encode_videos``: drop the pixel inputs the stock call no longer needs."""
         for key in ("pixel_values_videos", "video_timestamps"):
@@ -154,14 +185,19 @@ class PruneHandle:
             raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
         ctx: dict = {"generating": generating, "full_lengths": None}
         given = kwargs.pop("video_tokens", None)
-        videos, sources = self.encode(kwargs, ctx) if given is None else self.encode_given(given, kwargs, ctx)
-        kept, stats = [], []
-        for vt, src in zip(videos, sources):
-            t = time.perf_counter()
-            out = self.prune_one(vt)
-            stats.append({"tokens_full": vt.num_tokens, "tokens_kept": out.num_kept, "frames": vt.grid[0],
-                          "saliency": src, "prune_s": time.perf_counter() - t, "segments": len(out.segments)})
-            kept.append(out)
+        if self.chunk_frames and given is None:
+            videos, kept, sources = self.encode_chunked(kwargs, ctx)
+            seconds = ctx["prune_s"]
+        else:
+            videos, sources = self.encode(kwargs, ctx) if given is None else self.encode_given(given, kwargs, ctx)
+            kept, seconds = [], []
+            for vt in videos:
+                t = time.perf_counter()
+                kept.append(self.prune_one(vt))
+                seconds.append(time.perf_counter() - t)
+        stats = [{"tokens_full": vt.num_tokens, "tokens_kept": out.num_kept, "frames": vt.grid[0], "saliency": src,
+                  "prune_s": dt, "segments": len(out.segments)}
+                 for vt, out, src, dt in zip(videos, kept, sources, seconds)]
         for s, share in zip(stats, ctx.get("encoder_computed", [])):  # the encoder stage's computed share
             s["encoder_computed"] = share
         extra, full, short = self.assemble(videos, kept, kwargs, ctx)

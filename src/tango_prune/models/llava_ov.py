@@ -9,6 +9,7 @@ their M-RoPE positions), and decoding continues after the full sequence's last p
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..types import Pruned, VideoTokens
-from .handle import PruneHandle, timed
+from .handle import PruneHandle, VideoShape, timed
 from .sequence import Compacted, original_positions
 from .saliency import attention_received, cls_attention, hook_qk, load_siglip_head, map_head_attention, qk_from_hook
 
@@ -64,8 +65,12 @@ class LlavaOnevisionHandle(PruneHandle):
             p = next(model.parameters())
             self.head = load_siglip_head(siglip_head, p.dtype, p.device)
         self.sinks_given = "sink_indices" in method_opts
+        handle_opts = {k: method_opts.pop(k) for k in ("chunk_frames", "max_carry") if k in method_opts}
+        if encoder is not None and handle_opts.get("chunk_frames"):
+            raise ValueError("encoder= and chunk_frames= together are not supported: the encoder stage refers "
+                             "frames to key frames of the whole video; drop one of them")
         self.method_opts = method_opts  # the method's own options (llm_stage is the handle's)
-        super().__init__(model, method, retention, llm_stage=llm_stage, **method_opts)
+        super().__init__(model, method, retention, llm_stage=llm_stage, **handle_opts, **method_opts)
         self._pruners: dict = {}
 
     def _pruner_for(self, grid: tuple[int, int]):
@@ -78,10 +83,9 @@ class LlavaOnevisionHandle(PruneHandle):
             self._pruners[preset] = get_method("tango")(retention=self.retention, sink_indices=preset, **self.method_opts)
         return self._pruners[preset]
 
-    @torch.no_grad()
-    def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
-        """Videos come as the processor's (B, T, C, H, W) tensor, or as a list of (T_i, C, H, W) tensors when
-        their lengths differ (the stock class cannot take those; with pruning they can share a batch)."""
+    def _inputs(self, kwargs: dict):
+        """Pop the video inputs: (pixels as given, one (T, C, H, W) clip per video, timestamps, layer, strategy,
+        the pooled grid's (h, w))."""
         cfg = self.model.config
         pv = kwargs.pop("pixel_values_videos")
         times = kwargs.pop("video_timestamps", None)
@@ -90,14 +94,44 @@ class LlavaOnevisionHandle(PruneHandle):
         clips = list(pv) if isinstance(pv, (list, tuple)) else [pv[b] for b in range(pv.shape[0])]
         if times is not None and len(times) != len(clips):
             raise ValueError(f"video_timestamps has {len(times)} entries for {len(clips)} videos; pass one (T,) per video")
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        return pv, clips, times, layer, strategy, (math.ceil(side / 2), math.ceil(side / 2))
+
+    @torch.no_grad()
+    def encode_chunked(self, kwargs: dict, ctx: dict):
+        _, clips, times, layer, strategy, (h, w) = self._inputs(kwargs)
+        shapes, kept, sources, ctx["prune_s"] = [], [], [], []
+        for b, clip in enumerate(clips):
+            stream, seconds, src = self.stream((h, w)), 0.0, ""
+            ts = None if times is None else torch.as_tensor(times[b], dtype=torch.float32)
+            for s in range(0, clip.shape[0], self.chunk_frames):
+                f, sal, src = self._encode_frames(clip[s : s + self.chunk_frames], layer, strategy, ctx)
+                t = time.perf_counter()
+                stream.push(VideoTokens(f, sal, (f.shape[0], h, w), None if ts is None else ts[s : s + f.shape[0]]))
+                seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            kept.append(stream.finish())
+            ctx["prune_s"].append(seconds + time.perf_counter() - t)
+            shapes.append(VideoShape((clip.shape[0], h, w)))
+            sources.append(src)
+        return shapes, kept, sources
+
+    def stream(self, hw: tuple[int, int]):
+        from ..stream import TangoStream
+
+        return TangoStream(self._pruner_for(hw).config, max_carry=self.max_carry)
+
+    @torch.no_grad()
+    def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
+        """Videos come as the processor's (B, T, C, H, W) tensor, or as a list of (T_i, C, H, W) tensors when
+        their lengths differ (the stock class cannot take those; with pruning they can share a batch)."""
+        pv, clips, times, layer, strategy, (h, w) = self._inputs(kwargs)
         if isinstance(pv, (list, tuple)) or self.encoder is not None:  # the stage refers frames to their own video's
             encoded = [self._encode_frames(c, layer, strategy, ctx) for c in clips]
         else:  # one tower call for the whole batch
             f, s, src = self._encode_frames(pv.flatten(0, 1), layer, strategy, ctx)
             T = pv.shape[1]
             encoded = [(f[b * T : (b + 1) * T], None if s is None else s[b * T : (b + 1) * T], src) for b in range(len(clips))]
-        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        h = w = math.ceil(side / 2)
         videos, sources = [], []
         for b, (f, s, src) in enumerate(encoded):
             ts = None if times is None else torch.as_tensor(times[b], dtype=torch.float32)

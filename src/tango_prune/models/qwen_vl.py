@@ -16,6 +16,8 @@ they represent). Qwen3.5 (dense and MoE) is Qwen3-VL without deepstack (``Qwen3_
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -23,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..core.carry import carry
 from ..core.saliency import global_query
 from ..types import Pruned, VideoTokens
-from .handle import PruneHandle, timed
+from .handle import PruneHandle, VideoShape, timed
 from .sequence import Compacted, kept_sources
 
 
@@ -42,14 +44,66 @@ class QwenVLHandle(PruneHandle):
 
     @torch.no_grad()
     def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
-        visual = self.model.model.visual
+        pv, thw, spt, times = self._inputs(kwargs, ctx)
+        feats, ctx["deepstack"], sal, source = self._tower(pv, thw, ctx)
+        m = self.model.model.visual.spatial_merge_size
+        videos, a = [], 0
+        for v, (t, h, w) in enumerate(thw.tolist()):
+            hh, ww = h // m, w // m
+            n = t * hh * ww
+            f = feats[a : a + n].view(t, hh * ww, -1)
+            s = None if sal is None else sal[a : a + n].view(t, hh * ww)
+            videos.append(VideoTokens(f, s, (t, hh, ww), video_times(v, t, times, spt)))
+            a += n
+        return videos, [source] * len(videos)
+
+    @torch.no_grad()
+    def encode_chunked(self, kwargs: dict, ctx: dict):
+        """Each video ``chunk_frames`` temporal patches at a time through the tower (its attention never crosses
+        a temporal patch, so a chunk's rows are the whole call's), pruned as they come; Qwen3-VL's deepstack
+        levels ride along (stream.TangoStream extras)."""
+        pv, thw, spt, times = self._inputs(kwargs, ctx)
+        ctx["carried"] = []
+        m = self.model.model.visual.spatial_merge_size
+        c = self.chunk_frames
+        shapes, kept, sources, ctx["prune_s"], row = [], [], [], [], 0
+        for v, (t, h, w) in enumerate(thw.tolist()):
+            hh, ww = h // m, w // m
+            stream, seconds, source = self.stream((hh, ww)), 0.0, ""
+            ts = video_times(v, t, times, spt)
+            for s in range(0, t, c):
+                n = min(c, t - s)
+                part = pv[row + s * h * w : row + (s + n) * h * w]
+                grid = torch.tensor([[n, h, w]], dtype=thw.dtype, device=thw.device)
+                feats, deep, sal, source = self._tower(part, grid, ctx)
+                tic = time.perf_counter()
+                stream.push(VideoTokens(feats.view(n, hh * ww, -1), None if sal is None else sal.view(n, hh * ww),
+                                        (n, hh, ww), None if ts is None else ts[s : s + n]), extras=deep or ())
+                seconds += time.perf_counter() - tic
+            tic = time.perf_counter()
+            kept.append(stream.finish())
+            ctx["prune_s"].append(seconds + time.perf_counter() - tic)
+            ctx["carried"].append(stream.carried)
+            shapes.append(VideoShape((t, hh, ww)))
+            sources.append(source)
+            row += t * h * w
+        return shapes, kept, sources
+
+    @staticmethod
+    def _inputs(kwargs: dict, ctx: dict):
+        """Pop the video inputs: pixels, grid (t, h, w) per video, seconds per temporal patch, timestamps."""
         pv = kwargs.pop("pixel_values_videos")
         thw = kwargs.pop("video_grid_thw", None)
         if thw is None:
             raise ValueError("Qwen video inputs need video_grid_thw (the processor returns it with pixel_values_videos)")
         spt = kwargs.pop("second_per_grid_ts", None)
-        times = kwargs.pop("video_timestamps", None)
         ctx.update(video_grid_thw=thw, second_per_grid_ts=spt)
+        return pv, thw, spt, kwargs.pop("video_timestamps", None)
+
+    def _tower(self, pv: Tensor, thw: Tensor, ctx: dict):
+        """One tower call: merged features (N, D), deepstack levels (Qwen3-VL) or None, saliency (N,) or None, and
+        the saliency's source."""
+        visual = self.model.model.visual
         captured = {}
         mode = "features" if self.saliency == "features" else "global-query"
         hook = None
@@ -63,27 +117,10 @@ class QwenVLHandle(PruneHandle):
         finally:
             if hook is not None:
                 hook.remove()
-        feats = out.pooler_output
-        ctx["deepstack"] = getattr(out, "deepstack_features", None)  # Qwen3-VL: one (N, D) tensor per ViT level
-        m = visual.spatial_merge_size
+        deep = getattr(out, "deepstack_features", None)  # Qwen3-VL: one (N, D) tensor per ViT level
         sal = timed(ctx, "saliency_s", global_query_saliency, visual, captured, thw) \
             if mode == "global-query" and captured.get("pe") else None
-        source = "qwen-global-query" if sal is not None else "feature-distinctiveness"
-        videos, a = [], 0
-        for v, (t, h, w) in enumerate(thw.tolist()):
-            hh, ww = h // m, w // m
-            n = t * hh * ww
-            f = feats[a : a + n].view(t, hh * ww, -1)
-            s = None if sal is None else sal[a : a + n].view(t, hh * ww)
-            if times is not None:
-                ts = torch.as_tensor(times[v], dtype=torch.float32)
-            elif spt is not None:  # a temporal patch spans its frames: their mean time
-                ts = patch_times(t, float(spt[v]))
-            else:
-                ts = None
-            videos.append(VideoTokens(f, s, (t, hh, ww), ts))
-            a += n
-        return videos, [source] * len(videos)
+        return out.pooler_output, deep, sal, "qwen-global-query" if sal is not None else "feature-distinctiveness"
 
     def encode_given(self, videos, kwargs: dict, ctx: dict):
         thw = kwargs.pop("video_grid_thw", None)
@@ -122,6 +159,15 @@ class QwenVLHandle(PruneHandle):
         text = (c.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         # the stock generate derives decode positions from these deltas; keep them consistent for the caller
         return {"position_ids": torch.cat([text[None], kept_rope], dim=0)}
+
+
+def video_times(v: int, t: int, times, spt) -> Tensor | None:
+    """Video ``v``'s (t,) temporal patch times: the caller's, else from its seconds per patch, else None."""
+    if times is not None:
+        return torch.as_tensor(times[v], dtype=torch.float32)
+    if spt is not None:  # a temporal patch spans its frames: their mean time
+        return patch_times(t, float(spt[v]))
+    return None
 
 
 def patch_times(t: int, step: float) -> Tensor:
@@ -163,11 +209,14 @@ class Qwen3VLHandle(QwenVLHandle):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
         frame_runs(videos, kept, ctx)
-        levels, a = [[] for _ in ctx["deepstack"]], 0
-        for v, k in zip(videos, kept):
-            for lv, feat in zip(levels, ctx["deepstack"]):
-                lv.append(carry(k, feat[a : a + v.num_tokens]))
-            a += v.num_tokens
+        if "carried" in ctx:  # chunk by chunk: the stream carried each level along (video -> level -> rows)
+            levels = [list(lv) for lv in zip(*ctx["carried"])]
+        else:
+            levels, a = [[] for _ in ctx["deepstack"]], 0
+            for v, k in zip(videos, kept):
+                for lv, feat in zip(levels, ctx["deepstack"]):
+                    lv.append(carry(k, feat[a : a + v.num_tokens]))
+                a += v.num_tokens
         out = BaseModelOutputWithDeepstackFeatures(pooler_output=tuple(k.features for k in kept),
                                                    deepstack_features=[tuple(lv) for lv in levels])
         return {"mm_encoder_outputs": {"video": out}}, [v.num_tokens for v in videos], [k.num_kept for k in kept]

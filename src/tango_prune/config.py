@@ -52,6 +52,13 @@ class TangoConfig:
     similarity:       "exact" (float32 distances) or "fast" (bfloat16 rotated
                       features and Gram matrices; kept sets agree closely, see README).
     max_segment_frames: longest segment holitom may form (the release: 1024).
+    merge_window_frames: None (the release) merges a segment's dynamic context
+                      over the whole segment at once, a distance product over
+                      every pair of its tokens: quadratic in the segment's
+                      length (a 256-frame segment with nothing static: ~28 s on
+                      a 2-core CPU). An int W merges it W frames at a time
+                      (same anchors per frame; static positions, salient
+                      tokens and segments unchanged), linear in the length.
     strope:           ablation: False uses plain cosine geometry (no rotation).
     selection:        ablation: "diverse" (Tango) or "topk" (saliency top-k).
     static_merge:     ablation: False treats every position as dynamic.
@@ -85,6 +92,7 @@ class TangoConfig:
     merge_placement: str = "anchor"
     similarity: str = "exact"
     max_segment_frames: int = 1024
+    merge_window_frames: int | None = None
     strope: bool = True
     selection: str = "diverse"
     static_merge: bool = True
@@ -115,6 +123,10 @@ class TangoConfig:
             raise ValueError(f"brief_tau must be a number in [-2, 2] (a difference of two cosines), got {bt!r}")
         if float(self.alpha) < 1.0:
             raise ValueError(f"alpha must be >= 1 (it widens the candidate set), got {self.alpha!r}")
+        mw = self.merge_window_frames
+        if mw is not None and (isinstance(mw, bool) or not isinstance(mw, int) or mw < 1):
+            raise ValueError(f"merge_window_frames must be None (the release: the whole segment) or an int >= 1, "
+                             f"got {mw!r}")
         for name in ("k_neighbors", "max_segment_frames", "fastvid_cuts", "block_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

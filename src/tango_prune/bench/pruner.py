@@ -61,7 +61,7 @@ def run_bench(
     similarities: tuple[str, ...] = ("exact", "fast"), repeats: int = 3, release: str | None = None,
     release_max_frames: int = 256, device: str = "cpu", progress: bool = True,
     scene_frames: tuple[int, int] = (4, 24), max_segment_frames: int = 1024, methods: tuple = (),
-    scene: str = "video",
+    scene: str = "video", merge_window_frames: int | None = None,
 ) -> list[dict]:
     """Tango (``prune_video_tokens``) per similarity mode, the release when given, and any other registry
     ``methods`` (names, or (label, name, options) as ``resolve_methods`` gives), each on the same synthetic video
@@ -92,7 +92,8 @@ def run_bench(
         if device != "cpu":
             vt = type(vt)(vt.features.to(device), vt.saliency.to(device), vt.grid, vt.timestamps)
         sinks = {196: "llava-ov", 169: "llava-video"}.get(tokens, ())  # the release's sinks for those grids
-        base_cfg = TangoConfig(retention=retention, sink_indices=sinks, max_segment_frames=max_segment_frames)
+        base_cfg = TangoConfig(retention=retention, sink_indices=sinks, max_segment_frames=max_segment_frames,
+                               merge_window_frames=merge_window_frames)
         input_gb = vt.features.numel() * vt.features.element_size() / 2**30
         ref = None
         for sim in similarities:

@@ -21,6 +21,7 @@ def cmd_bench_pruner(args) -> int:
         args.frames, args.tokens, args.dim, dtype, args.retention, sims, args.repeats,
         args.release, args.release_max_frames, args.device, progress=not args.quiet,
         scene_frames=tuple(args.scene_frames), max_segment_frames=args.max_segment_frames,
+        merge_window_frames=args.merge_window_frames,
         methods=_other_methods(args.methods), scene=args.scene,
     )
     print(format_table(rows))
@@ -158,6 +159,8 @@ def register(sub) -> None:
                    "input, frames alike enough to form one long segment with nothing static (a rank-32 base plus "
                    "0.6x noise: each token's similarity to the frame before ~0.74, between segment_tau and static_tau)")
     b.add_argument("--max-segment-frames", type=int, default=1024, help="TangoConfig.max_segment_frames")
+    b.add_argument("--merge-window-frames", type=int, default=None,
+                   help="TangoConfig.merge_window_frames (default: the release's whole-segment merge)")
     b.add_argument("--methods", default="", help="other registry methods to time on the same videos (e.g. flashvid,evs, or all)")
     b.add_argument("--release", help="path to a checkout of the authors' release (xjtupanda/Tango) to time side by side")
     b.add_argument("--release-max-frames", type=int, default=256)

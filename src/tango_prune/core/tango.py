@@ -217,9 +217,14 @@ def prune_segment(
     N, L, D = features.shape
     dev = features.device
     ids = torch.arange(N * L, device=dev) + offset
-    if N == 1 or n_static == 0:
+    windowed = cfg.merge_window_frames is not None and N > cfg.merge_window_frames
+    if (N == 1 or n_static == 0) and not windowed:
         rot = geo.vectors(features, norms, times, torch.arange(L, device=dev))
         pieces.add(prune_block(features, rot, saliency, cfg.retention, cfg), ids)
+        return
+    if n_static == 0:  # every position dynamic, merged a window at a time
+        every = torch.arange(L, device=dev)
+        prune_dynamic(features, norms, times, saliency, every, ids.view(N, L), offset, cfg.retention, cfg, geo, pieces)
         return
     total = N * L
     ratio = min(cfg.retention / ((total - (N - 1) * n_static) / total), 1.0)
@@ -235,10 +240,24 @@ def prune_segment(
     pieces.add(block, grid_ids[0, sp], owner_targets=grid_ids[:, sp])
     dp = (~static).nonzero().flatten()
     if dp.numel():
-        rot = geo.vectors(features, norms[:, dp], times, dp, select=True)
-        rows = (grid_ids[:, dp] - offset).flatten()
-        block = prune_block(features, rot, saliency[:, dp], ratio, cfg, rows=rows)
-        pieces.add(block, grid_ids[:, dp].flatten())
+        prune_dynamic(features, norms, times, saliency, dp, grid_ids, offset, ratio, cfg, geo, pieces)
+
+
+def prune_dynamic(
+    features: Tensor, norms: Tensor, times: Tensor, saliency: Tensor, dp: Tensor, grid_ids: Tensor, offset: int,
+    ratio: float, cfg: TangoConfig, geo: Geometry, pieces: Pieces,
+) -> None:
+    """A segment's dynamic positions ``dp`` over its N frames: one block (the release), or blocks of
+    ``cfg.merge_window_frames`` frames, whose context merges stay inside them (selection is per frame either way)."""
+    N = features.shape[0]
+    step = N if cfg.merge_window_frames is None else cfg.merge_window_frames
+    for a in range(0, N, step):
+        b = min(N, a + step)
+        rot = geo.vectors(features[a:b], norms[a:b, dp], times[a:b], dp, select=True)
+        ids = grid_ids[a:b, dp]
+        rows = (ids - offset).flatten()
+        block = prune_block(features, rot, saliency[a:b, dp], ratio, cfg, rows=rows)
+        pieces.add(block, ids.flatten())
 
 
 def prune_single_frames(

@@ -72,9 +72,10 @@ ARCHS = {
 }
 
 
-def build(arch: str, dtype, layers: int | None = None, vision_layers: int | None = None):
+def build(arch: str, dtype, layers: int | None = None, vision_layers: int | None = None, image_size: int | None = None):
     """The architecture with random weights in ``dtype``: every matrix N(0, 0.02), norm weights 1, biases 0 (no
-    per-module init passes, no uninitialised memory: denormals and NaNs would distort timings)."""
+    per-module init passes, no uninitialised memory: denormals and NaNs would distort timings). ``image_size``
+    (LLaVA towers): frames of that many pixels instead of the model's (a real-width tower at a modest resolution)."""
     import torch
     import transformers as tf
 
@@ -83,8 +84,11 @@ def build(arch: str, dtype, layers: int | None = None, vision_layers: int | None
     family, vis, txt = ARCHS[arch]
     txt = dict(txt, **({"num_hidden_layers": layers} if layers else {}))
     V = txt["vocab_size"]  # special tokens at the top of the vocabulary: timings do not depend on their ids
+    if image_size is not None and family != "llava":
+        raise ValueError(f"image_size works for the LLaVA archs; {arch} sizes its frames by the processor's grid")
     if family == "llava":
-        vis = dict(vis, **({"num_hidden_layers": vision_layers} if vision_layers else {}))
+        vis = dict(vis, **({"num_hidden_layers": vision_layers} if vision_layers else {}),
+                   **({"image_size": image_size} if image_size else {}))
         cfg = tf.LlavaOnevisionConfig(vision_config=tf.SiglipVisionConfig(**vis), text_config=tf.Qwen2Config(**txt),
                                       image_token_id=V - 3, video_token_id=V - 2, vision_feature_layer=-1)
         cls = tf.LlavaOnevisionForConditionalGeneration

@@ -64,6 +64,10 @@ class PruneHandle:
             if method != "tango":
                 raise ValueError(f"chunk_frames prunes chunk by chunk with Tango (stream.TangoStream); method "
                                  f"{method!r} needs the whole video: use method='tango' or chunk_frames=None")
+            if method_opts.get("brief_frames"):
+                raise ValueError("brief_frames is not supported with chunk_frames; set brief_frames=0 or chunk_frames=None")
+            if isinstance(max_carry, bool) or not isinstance(max_carry, int) or max_carry < 1:
+                raise ValueError(f"max_carry must be a positive number of frames, got {max_carry!r}")
         self.chunk_frames, self.max_carry = chunk_frames, max_carry
         self.model = model
         self.method = method

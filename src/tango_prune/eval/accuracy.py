@@ -33,7 +33,8 @@ def _jobs(methods, retentions):
     from ..encoders.reuse import resolve_encoder
 
     for label, name, opts in methods:
-        own = {k: v for k, v in opts.items() if k != "encoder"}  # the encoder stage is the adapter's, not the method's
+        # the encoder stage and chunking are the adapter's options, not the method's
+        own = {k: v for k, v in opts.items() if k not in ("encoder", "chunk_frames", "max_carry")}
         resolve_encoder(opts.get("encoder"))  # bad options fail now, not after the tower has run
         if name == "none":
             if "encoder" in opts:  # all tokens, from the stage's tower

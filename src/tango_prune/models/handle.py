@@ -154,6 +154,16 @@ class PruneHandle:
         (stream.TangoStream); only kept rows are held. Puts each video's pruning seconds in ctx["prune_s"]."""
         raise ValueError(f"chunk_frames is not supported for {type(self.model).__name__} yet")
 
+    def prune_in_chunks(self, vt: VideoTokens) -> Pruned:
+        """``video_tokens=`` given with ``chunk_frames``: the tokens go to the stream ``chunk_frames`` frames at a time
+        (what the chunked tower would hand it: the tower encodes each frame alone)."""
+        stream, c = self.stream(vt.grid[1:]), self.chunk_frames
+        for a in range(0, vt.grid[0], c):
+            n = min(c, vt.grid[0] - a)
+            stream.push(VideoTokens(vt.features[a : a + n], None if vt.saliency is None else vt.saliency[a : a + n],
+                                    (n, *vt.grid[1:]), None if vt.timestamps is None else vt.timestamps[a : a + n]))
+        return stream.finish()
+
     def stream(self, hw: tuple[int, int]):
         from ..stream import TangoStream
 
@@ -197,7 +207,7 @@ class PruneHandle:
             kept, seconds = [], []
             for vt in videos:
                 t = time.perf_counter()
-                kept.append(self.prune_one(vt))
+                kept.append(self.prune_in_chunks(vt) if self.chunk_frames else self.prune_one(vt))
                 seconds.append(time.perf_counter() - t)
         stats = [{"tokens_full": vt.num_tokens, "tokens_kept": out.num_kept, "frames": vt.grid[0], "saliency": src,
                   "prune_s": dt, "segments": len(out.segments)}

@@ -93,6 +93,23 @@ def test_chunks_give_the_llm_what_the_whole_video_gives(family):
     assert torch.equal(got, whole)
 
 
+@pytest.mark.parametrize("family", ["llava-onevision", "qwen2.5-vl"])
+def test_given_video_tokens_are_pruned_chunk_by_chunk_as_pixels_are(family):
+    """encode_videos once, then video_tokens= under chunk_frames (how eval compares methods): the stream gets the
+    same chunks the chunked tower would have handed it."""
+    model, kw = _model(family), inputs(family)
+    opts = dict(chunk_frames=2, max_carry=1)  # an open segment closes at once: cuts unlike the whole video's
+    got_px, (emb_px, _), stats_px, _ = run(model, kw, **opts)
+    assert stats_px[0]["segments"] > len(SCENES)
+    with apply(model, "none", 1.0) as h:
+        vts = h.encode_videos(**kw)
+    given = {k: v for k, v in kw.items() if k != "pixel_values_videos"}
+    got, (emb, _), stats, calls = run(model, dict(given, video_tokens=vts), **opts)
+    assert calls == [] and stats[0]["segments"] == stats_px[0]["segments"]
+    assert stats[0]["tokens_kept"] == stats_px[0]["tokens_kept"]
+    assert torch.allclose(emb, emb_px, atol=1e-5) and torch.equal(got, got_px)
+
+
 @pytest.mark.parametrize("family", ["llava-onevision", "qwen3-vl"])
 def test_a_batch_chunked_equals_each_video_alone(family):
     model = _model(family)

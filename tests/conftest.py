@@ -82,10 +82,9 @@ def pytest_runtest_logreport(report):
 
 def _cpu_kind() -> str:
     """bf16 runs ~90x slower where avx512_bf16 is missing, and the suite's time with it: every log names the CPU."""
-    info = Path("/proc/cpuinfo")
-    model = next((ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")),
-                 "unknown") if info.exists() else "unknown"
-    return f"cpu: {model}, {os.cpu_count()} cores, avx512_bf16 {torch.cpu._is_avx512_bf16_supported()}"
+    from tango_prune.hardware import describe_cpu
+
+    return f"cpu: {describe_cpu()}"
 
 
 def pytest_terminal_summary(terminalreporter):

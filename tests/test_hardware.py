@@ -32,3 +32,15 @@ def test_resolve_spellings(name, want):
 def test_resolve_rejects_unknown():
     with pytest.raises(ValueError, match="dtype must be auto, bf16, fp16 or fp32, got 'int8'"):
         hardware.resolve_dtype("int8")
+
+
+def test_describe_cpu_names_the_model_the_cores_and_bf16():
+    import os
+
+    import torch
+
+    from tango_prune.hardware import describe_cpu
+
+    text = describe_cpu()
+    assert f", {os.cpu_count()} cores, avx512_bf16 {torch.cpu._is_avx512_bf16_supported()}" in text
+    assert not text.startswith(",")  # a model name (or "unknown CPU") comes first

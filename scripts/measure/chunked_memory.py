@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -56,7 +55,7 @@ def main() -> None:
         f, c = a.one.split(",")
         print(json.dumps(one(int(f), None if c == "none" else int(c), a.px, a.llm_layers)))
         return
-    import torch
+    from tango_prune.hardware import describe_cpu
 
     rows = []
     for f in map(int, a.frames.split(",")):
@@ -69,7 +68,7 @@ def main() -> None:
             print(row, flush=True)
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"cpu": f"{platform.processor() or 'cpu'}, avx512_bf16 {torch.cpu._is_avx512_bf16_supported()}",
+            json.dump({"cpu": describe_cpu(),
                        "px": a.px, "llm_layers": a.llm_layers, "results": rows}, fh, indent=1)
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 
 import torch
 
+from tango_prune.hardware import describe_cpu
 from tango_prune import TangoConfig, prune_video_tokens
 from tango_prune.bench.pruner import time_call
 from tango_prune.bench.synthetic import noise_video
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--similarity", default="exact")
     ap.add_argument("--json")
     a = ap.parse_args()
-    cpu = f"{platform.processor() or 'cpu'}, avx512_bf16 {torch.cpu._is_avx512_bf16_supported()}"
+    cpu = describe_cpu()
     rows = []
     for T in map(int, a.frames.split(",")):
         vt = noise_video(T, 14, 3584, dtype=torch.bfloat16, rank=32, noise=0.6)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
 
+from tango_prune.hardware import describe_cpu
 from tango_prune import TangoConfig, VideoTokens, prune_video_tokens
 from tango_prune.bench.synthetic import noise_video, synthetic_video
 from tango_prune.stream import prune_video_stream
@@ -57,7 +57,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"cpu": f"{platform.processor() or 'cpu'}, avx512_bf16 {torch.cpu._is_avx512_bf16_supported()}",
+            json.dump({"cpu": describe_cpu(),
                        "frames": a.frames, "max_carry": a.max_carry, "results": rows}, f, indent=1)
 
 

@@ -49,6 +49,25 @@ def test_run_json(weights, clip, capsys):
     assert err == ""  # --json keeps stderr quiet
 
 
+def test_run_chunk_frames_encodes_in_chunks(weights, clip, capsys, monkeypatch):
+    """--chunk-frames 4: the tower runs on 4 frames at a time (4 calls for 16 frames), the JSON says so."""
+    calls = []
+    real = tb.build
+
+    def counting(*a, **kw):
+        m = real(*a, **kw)
+        tower = getattr(m.model, "vision_tower", None)
+        tower.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(
+            (args[0] if args else kwargs["pixel_values"]).shape[0]), with_kwargs=True)
+        return m
+
+    monkeypatch.setattr(tb, "build", counting)
+    assert main(["run", clip, Q, "--model", weights, "--chunk-frames", "4", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["chunk_frames"] == 4 and r["tokens_kept"] < r["tokens_full"] == 1024
+    assert calls == [4, 4, 4, 4]
+
+
 def test_run_positions_choice_reaches_the_adapter(weights, clip, capsys):
     assert main(["run", clip, Q, "--model", weights, "--method", "tango", "--positions", "compact", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -86,6 +105,8 @@ def _bad_checkpoint(path):
     ("question", "question is empty"),
     ("too_many_frames", "asked for 500 frames"),
     ("unknown_question", "templates"),
+    ("chunk_frames", "--chunk-frames must be at least 1"),
+    ("chunk_method", "--chunk-frames works with --method tango; method 'fastvid' needs the whole video"),
 ])
 def test_bad_input_is_one_line_exit_2(case, needle, tmp_path, clip, weights, capsys):
     video, question, extra = clip, Q, ["--model", weights]
@@ -106,6 +127,10 @@ def test_bad_input_is_one_line_exit_2(case, needle, tmp_path, clip, weights, cap
         extra += ["--frames", "500"]
     elif case == "unknown_question":
         question = "What is the meaning of life?"
+    elif case == "chunk_frames":
+        extra += ["--chunk-frames", "0"]
+    elif case == "chunk_method":
+        extra += ["--chunk-frames", "4", "--method", "fastvid"]
     try:
         rc = main(["run", video, question, *extra])
     except SystemExit as e:  # argparse-level errors (retention) exit from the parser, also with 2

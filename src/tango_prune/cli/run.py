@@ -98,7 +98,8 @@ def answer_video(model_spec: str, video_path: str, question: str, method: str, r
     return {"answer": text, "video": str(video_path), "model": model_spec, "method": method,
             "retention": 1.0 if method == "none" else retention, "frames": int(clip.shape[0]),
             "tokens_full": stats["tokens_full"], "tokens_kept": stats["tokens_kept"], "saliency": stats["saliency"],
-            "positions": adapter.get("positions", "adapter default"), "ttft_s": ttft, "total_s": total}
+            "positions": adapter.get("positions", "adapter default"), "chunk_frames": method_opts.get("chunk_frames"),
+            "ttft_s": ttft, "total_s": total}
 
 
 def cmd_run(args) -> int:
@@ -111,8 +112,13 @@ def cmd_run(args) -> int:
         raise ValueError("pass --frames or --fps, not both")
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be at least 1, got {args.frames}")
+    if args.chunk_frames is not None and args.chunk_frames < 1:
+        raise ValueError(f"--chunk-frames must be at least 1, got {args.chunk_frames}")
+    if args.chunk_frames is not None and args.method != "tango":
+        raise ValueError(f"--chunk-frames works with --method tango; method {args.method!r} needs the whole video")
+    chunk = {} if args.chunk_frames is None else {"chunk_frames": args.chunk_frames}
     r = answer_video(args.model, args.video, args.question, args.method, args.retention, args.frames, args.fps,
-                     args.max_new_tokens, quiet=args.quiet or args.json, positions=args.positions)
+                     args.max_new_tokens, quiet=args.quiet or args.json, positions=args.positions, **chunk)
     if args.json:
         print(json.dumps(r))
     else:
@@ -132,6 +138,8 @@ def register(sub) -> None:
     r.add_argument("--frames", type=int, help="frames sampled evenly (default 16 for the testbed, 32 otherwise)")
     r.add_argument("--fps", type=float, help="sample this many frames per second instead")
     r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--chunk-frames", type=int, help="encode and prune this many frames at a time (tango; long videos: "
+                   "only kept tokens are held past the tower)")
     r.add_argument("--positions", choices=("compact", "original"),
                    help="LLaVA-OV only (see eval --help); default: original for the testbed, compact otherwise")
     r.add_argument("--json", action="store_true", help="print one JSON object")

@@ -93,6 +93,18 @@ def test_chunks_give_the_llm_what_the_whole_video_gives(family):
     assert torch.equal(got, whole)
 
 
+@pytest.mark.parametrize("family", ["llava-onevision", "qwen3-vl"])
+def test_the_same_video_asked_twice_gets_the_same_answer(family):
+    """One handle, the same request twice: nothing of the first call's stream is left for the second."""
+    model, kw = _model(family), inputs(family)
+    with apply(model, "tango", 0.25, chunk_frames=2) as h:
+        first = model.generate(**kw, max_new_tokens=4, do_sample=False)
+        stats = h.last_stats
+        again = model.generate(**kw, max_new_tokens=4, do_sample=False)
+        assert h.last_stats == [dict(s, prune_s=a["prune_s"]) for s, a in zip(stats, h.last_stats)]
+    assert torch.equal(first, again)
+
+
 @pytest.mark.parametrize("family", ["llava-onevision", "qwen2.5-vl"])
 def test_given_video_tokens_are_pruned_chunk_by_chunk_as_pixels_are(family):
     """encode_videos once, then video_tokens= under chunk_frames (how eval compares methods): the stream gets the

@@ -32,16 +32,27 @@ def prepare_saliency(vt: VideoTokens, cfg: TangoConfig) -> tuple[Tensor, str, li
 
 
 def segment_video(vt: VideoTokens, cfg: TangoConfig, tok_sim: Tensor | None) -> list[int]:
-    T = vt.features.shape[0]
+    return segment_frames(vt.features, vt.frame_features, cfg, tok_sim)
+
+
+def segment_frames(features: Tensor, frame_features: Tensor | None, cfg: TangoConfig, tok_sim: Tensor | None) -> list[int]:
+    """Segment sizes of frames (T, L, D) under ``cfg.segment`` (``tok_sim``: their consecutive similarities)."""
     tau = cfg.resolved_segment_tau
     if cfg.segment == "holitom":
         return holitom_segments(tok_sim, tau, cfg.max_segment_frames)
     if cfg.segment == "fastvid":
-        g = vt.frame_features
+        g = frame_features
         if g is None:  # the release's fastvid metric for LLaVA: each frame's mean token
-            g = torch.cat([c.float().mean(dim=1) for c in vt.features.split(16)])
+            g = torch.cat([c.float().mean(dim=1) for c in features.split(16)])
         return fastvid_segments(frame_similarity(g), cfg.fastvid_cuts, tau)
-    return [T]
+    return [features.shape[0]]
+
+
+def geometry(cfg: TangoConfig, dim: int, width: int) -> Geometry:
+    """How this config turns (dim)-wide tokens of a frame ``width`` positions wide into the vectors it compares."""
+    section = resolve_section(dim, cfg.strope_section) if cfg.strope else None
+    return Geometry(width, section, cfg.base_time, cfg.base_space, cfg.strope,
+                    torch.bfloat16 if cfg.similarity == "fast" else torch.float32)
 
 
 def prune_segments(
@@ -80,8 +91,6 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
     feats = vt.features
     T, L, D = feats.shape
     W = vt.grid[2]
-    fast = cfg.similarity == "fast"
-    section = resolve_section(D, cfg.strope_section) if cfg.strope else None
     sal, source, sinks = prepare_saliency(vt, cfg)
     times = vt.times()
     tok_sim, norms = consecutive_similarity(feats)
@@ -94,7 +103,7 @@ def prune_video_tokens(vt: VideoTokens, cfg: TangoConfig | None = None, **overri
             index, feats.reshape(T * L, D), positions_of(index, vt.grid), list(sizes),
             torch.zeros(T * L, dtype=torch.bool, device=feats.device), index.clone(), vt.grid, info,
         )
-    geo = Geometry(W, section, cfg.base_time, cfg.base_space, cfg.strope, torch.bfloat16 if fast else torch.float32)
+    geo = geometry(cfg, D, W)
     (index, out, merged, owner), n_static = prune_segments(feats, norms, times, sal, tok_sim, sizes, cfg, geo)
     reference_count = int(index.shape[0])
     rank = sal.flatten()

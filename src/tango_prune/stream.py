@@ -30,10 +30,8 @@ from .config import SINKS, TangoConfig
 from .core.budget import exact_count, fit_budget
 from .core.carry import carry
 from .core.saliency import auto_sinks, feature_saliency, mask_sinks
-from .core.segment import consecutive_similarity, fastvid_segments, frame_similarity, holitom_segments
-from .core.strope import resolve_section
-from .core.tango import Geometry
-from .pruner import prune_segments
+from .core.segment import consecutive_similarity
+from .pruner import geometry, prune_segments, segment_frames
 from .types import Pruned, VideoTokens, positions_of
 
 
@@ -130,22 +128,13 @@ class TangoStream:
                 self.sinks = list(SINKS[spec]) if isinstance(spec, str) else list(spec)
         return mask_sinks(sal, self.sinks)
 
-    def _segments(self, feats: Tensor, tok_sim: Tensor) -> list[int]:
-        cfg = self.cfg
-        if cfg.segment == "holitom":
-            return holitom_segments(tok_sim, cfg.resolved_segment_tau, cfg.max_segment_frames)
-        if cfg.segment == "fastvid":
-            g = torch.cat([c.float().mean(dim=1) for c in feats.split(16)])
-            return fastvid_segments(frame_similarity(g), cfg.fastvid_cuts, cfg.resolved_segment_tau)
-        return [feats.shape[0]]
-
     def _close(self, final: bool) -> None:
         """Prune every held segment the next frames cannot change (all of them when ``final``)."""
         if self.held is None:
             return
         feats, sal, times, *extras = self.held
         tok_sim, norms = consecutive_similarity(feats)
-        sizes = self._segments(feats, tok_sim)
+        sizes = segment_frames(feats, None, self.cfg, tok_sim)
         if not final:
             sizes = sizes[:-1] if sizes[-1] <= self.max_carry else sizes  # the open segment waits for more frames
         n = sum(sizes)
@@ -159,11 +148,8 @@ class TangoStream:
                     idx.clone())
             n_static = [0] * len(sizes)
         else:
-            section = resolve_section(D, cfg.strope_section) if cfg.strope else None
-            geo = Geometry(self.hw[1], section, cfg.base_time, cfg.base_space, cfg.strope,
-                           torch.bfloat16 if cfg.similarity == "fast" else torch.float32)
             part, n_static = prune_segments(feats[:n], norms[:n], times[:n], sal[:n], tok_sim[: max(n - 1, 0)],
-                                            sizes, cfg, geo)
+                                            sizes, cfg, geometry(cfg, D, self.hw[1]))
             if cfg.budget == "exact":  # the running target: the whole video's exact count once every frame is in
                 target = exact_count(cfg.retention, (self.done + n) * L) - self.kept
                 part = fit_budget(*part, feats[:n].reshape(n * L, D), sal[:n].flatten(), max(target, 0))

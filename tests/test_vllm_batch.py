@@ -35,7 +35,10 @@ BF16_TOL = 2e-2
 
 
 VIDEO_TOKEN = {"llava_ov": 398}  # zoo.TINY_IDS["video"]; the Qwen checkpoints' <|video_pad|> is 262
-RUNS = [(f, "tango") for f in FAMILIES] + [("qwen3_vl", "uniform")]  # stock: only to explain a failure
+# stock: only to explain a failure; tango-chunked: Qwen3-VL's tower 2 temporal patches at a time (chunk_frames)
+RUNS = [(f, "tango") for f in FAMILIES] + [("qwen3_vl", "uniform"), ("qwen3_vl", "tango-chunked")]
+ENV = {"stock": {"VLLM_PLUGINS": ""},
+       "tango-chunked": {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": '{"chunk_frames": 2}'}}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def runs(vllm_ckpts, tmp_path_factory):
         args = [SCRIPTS / "batch_check.py", "--family", family, "--model", vllm_ckpts[family], "--out", cache.out(key),
                 "--n", str(N), "--chunk", str(CHUNK[family])]
         args += [] if mode == "stock" else ["--rate", str(RATE)]
-        cache.start(key, args, {"VLLM_PLUGINS": ""} if mode == "stock" else {"TANGO_PRUNE_METHOD": mode})
+        cache.start(key, args, ENV.get(mode, {"TANGO_PRUNE_METHOD": mode}))
         return key
 
     for family, mode in RUNS:
@@ -133,12 +136,17 @@ def test_uniform_is_batch_invariant_on_qwen3(runs):
     assert_same_answers(runs, "qwen3_vl", "uniform")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_each_video_pruned_as_alone(runs, family):
+def test_chunked_is_batch_invariant_on_qwen3(runs):
+    """Chunk by chunk (the tower on 2 temporal patches at a time, deepstack carried): a batch answers as alone."""
+    assert_same_answers(runs, "qwen3_vl", "tango-chunked")
+
+
+@pytest.mark.parametrize("family, mode", [(f, "tango") for f in FAMILIES] + [("qwen3_vl", "tango-chunked")])
+def test_each_video_pruned_as_alone(runs, family, mode):
     """What the worker pruned in the batch is what it pruned for the same video alone: the same features and
     saliency reached the pruner (none handed to another request's video), the same tokens kept, at the exact count
     the prompt reserved. Every request has its own grid, so a recorded video names its request."""
-    res = runs(family, "tango")
+    res = runs(family, mode)
     grids = {tag: [tuple(d["grid"]) for d in res["dumps"][tag]] for tag in ("alone", "batch")}
     # one record per video and pass: a video pruned twice (or never) shows here, before the records are keyed by grid
     assert len(grids["alone"]) == len(grids["batch"]) == N and sorted(grids["alone"]) == sorted(grids["batch"]), grids
@@ -153,5 +161,6 @@ def test_each_video_pruned_as_alone(runs, family):
         if a["saliency"] is not None:
             assert torch.equal(a["saliency"], b["saliency"]), grid
         assert torch.equal(a["index"], b["index"]), grid
+        assert a["chunks"] == b["chunks"] == (None if mode == "tango" else [min(2, grid[0] - s) for s in range(0, grid[0], 2)])
         T, H, W = grid
         assert len(b["index"]) == kept_count(settings, H * W, T, 1 - RATE)

@@ -290,7 +290,9 @@ QWEN35 = ("qwen3_5", "qwen3_5_moe")
 # engine_check.py modes: the env each sets; any other mode is a registry method, run at RATE
 MODES = {"stock": {"VLLM_PLUGINS": ""},  # the plugin not loaded at all: vLLM's plugin allowlist names nothing
          "off": {},  # the plugin installed, TANGO_PRUNE_METHOD unset
-         "stock-rate": {"VLLM_PLUGINS": ""}, "off-rate": {}}  # the same at RATE: vLLM's own EVS
+         "stock-rate": {"VLLM_PLUGINS": ""}, "off-rate": {},
+         # Tango chunk by chunk: 8 temporal patches through the tower as 3 + 3 + 2 (issue 37)
+         "tango-chunked": {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": '{"chunk_frames": 3}'}}  # the same at RATE: vLLM's own EVS
 
 
 class EngineRuns(RunCache):
@@ -305,7 +307,7 @@ class EngineRuns(RunCache):
     def hf(self, family: str, mode: str) -> bool:
         if self.name != REFERENCE:
             return False
-        return (mode == "tango" and family in ("qwen2_5_vl", "qwen3_vl", *QWEN35)) or (mode == "stock" and family in QWEN35)
+        return (mode in ("tango", "tango-chunked") and family in ("qwen2_5_vl", "qwen3_vl", *QWEN35)) or (mode == "stock" and family in QWEN35)
 
     def start_run(self, family: str, mode: str) -> str:
         key = f"{family}-{mode}"

@@ -73,6 +73,9 @@ def run_hf(args, vllm_top: list[int], given: bool = False) -> dict:
                   video_metadata=[{k: meta[k] for k in ("fps", "total_num_frames", "frames_indices")}])
     method = os.environ.get("TANGO_PRUNE_METHOD") or "none"
     opts = {"budget": "exact"} if method == "tango" else {}
+    chunk = json.loads(os.environ.get("TANGO_PRUNE_OPTIONS") or "{}").get("chunk_frames")
+    if chunk:  # the plugin's chunk_frames: HF's tower chunk by chunk too, and its stream on HF's own tokens
+        opts["chunk_frames"] = chunk
     if args.family.startswith("qwen3"):  # the times vLLM hands the pruner: each temporal patch's mean frame time
         t = torch.arange(FRAMES, dtype=torch.float32) / FPS
         inputs["video_timestamps"] = [t.reshape(-1, 2).mean(1)]
@@ -87,7 +90,7 @@ def run_hf(args, vllm_top: list[int], given: bool = False) -> dict:
                 videos = handle.encode_videos(**inputs)
                 logits = model(**inputs).logits[0, -1].float()
             stats = handle.last_stats
-            kept = handle.pruner(videos[0])
+            kept = handle.prune_in_chunks(videos[0]) if chunk else handle.pruner(videos[0])
     logp = torch.log_softmax(logits, -1)
     lp, tok = logp.topk(5)
     return {"top5": [[int(t), float(v)] for t, v in zip(tok, lp)],

@@ -25,6 +25,8 @@ and output there (for tests and debugging).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
@@ -38,10 +40,10 @@ from ...core.saliency import global_query
 from ...models.qwen_vl import patch_times
 from . import positions
 from .qk_capture import capture_qk
-from .debug_dump import dump
+from .debug_dump import debug_dir, dump, dump_chunks
 from .runtime import active_settings, announce, log_once, log_saliency
 from .vllm_names import require_attrs, tp_size
-from .settings import make_pruner, read_settings
+from .settings import kept_count, make_pruner, read_settings
 
 
 class _TangoVideoPruning:
@@ -62,6 +64,7 @@ class _TangoVideoPruning:
                                "process; set it for every vLLM process (export it before starting vLLM)")
         self.tango_prune_settings = settings
         self._tango_pending: list[Tensor | None] | None = None
+        self._tango_chunked: list[Pruned] | None = None  # chunk_frames: the videos the tower call just pruned
         self._tango_source = "none"
         rate = self.video_pruning_rate
         if not self.is_multimodal_pruning_enabled:
@@ -90,10 +93,10 @@ class _TangoVideoPruning:
         return None
 
     def _process_video_input(self, video_input):
-        self._tango_pending = None
-        reason = None
+        self._tango_pending, self._tango_chunked = None, None
         if self._tango_pruner is None:
             return super()._process_video_input(video_input)
+        reason = None
         if not self._tango_global_query:
             reason = "saliency=features requested"
         elif video_input["type"] != "pixel_values_videos":
@@ -102,26 +105,88 @@ class _TangoVideoPruning:
             reason = "data-parallel vision tower"
         elif self._tango_compiled_tower:
             reason = "compile_mm_encoder: the vision tower is compiled"
+        if self.tango_prune_settings.chunk_frames:
+            if video_input["type"] == "pixel_values_videos":
+                return self._tango_encode_chunked(video_input, reason)
+            log_once("chunk-embeds", "tango-prune: chunk_frames has no tower to chunk for videos given as "
+                     "precomputed embeddings: pruned whole", level=logging.WARNING)
+        out, self._tango_pending = self._tango_tower(video_input, reason)
+        return out
+
+    def _tango_tower(self, video_input, reason: str | None) -> tuple[tuple[Tensor, ...], list[Tensor] | None]:
+        """vLLM's own tower call on ``video_input`` (per-video embeddings), and each video's global-query saliency
+        (None when ``reason`` says why there is none, or the capture failed)."""
         if reason is not None:
             self._tango_source = f"feature-distinctiveness ({reason})"
-            return super()._process_video_input(video_input)
+            return super()._process_video_input(video_input), None
         attn = self.visual.blocks[-1].attn
         with capture_qk(attn.attn) as cap:
             out = super()._process_video_input(video_input)
         if len(cap["q"]) != 1:  # the tower ran in pieces we cannot align; fall back rather than guess
             self._tango_source = f"feature-distinctiveness (last block called {len(cap['q'])} times)"
-            return out
+            return out, None
         grid = video_input["video_grid_thw"].tolist()
         tp = tp_size(attn)
         reduce = None
         if tp > 1:
             from vllm.distributed import tensor_model_parallel_all_reduce as reduce
-        self._tango_pending = global_query(
+        saliency = global_query(
             cap["q"][0].flatten(0, 1), cap["k"][0].flatten(0, 1), grid, self.visual.spatial_merge_size,
             order=self._tango_order(grid), all_reduce=reduce,
             total_heads=attn.num_attention_heads_per_partition * tp)
         self._tango_source = "qwen-global-query"
-        return out
+        return out, saliency
+
+    def _tango_encode_chunked(self, video_input, reason: str | None) -> tuple[Tensor, ...]:
+        """``chunk_frames``: each video through the tower that many temporal patches at a time (its attention never
+        crosses a temporal patch, so a chunk's rows are the whole call's), each chunk pruned as it comes
+        (stream.TangoStream); only kept rows are held. Returns each video's kept rows (main features, then the
+        deepstack levels carried along); their Pruned wait in ``_tango_chunked`` for the post-process step. The same
+        chunks on every rank (a function of the grid), so the saliency's all-reduces pair up under TP."""
+        grid, pixels = video_input["video_grid_thw"], video_input["pixel_values_videos"]
+        m, c = self.visual.spatial_merge_size, self.tango_prune_settings.chunk_frames
+        main = self._tango_main_width()
+        out, self._tango_chunked, row = [], [], 0
+        for v, (t, h, w) in enumerate(grid.tolist()):
+            stream = self.tango_prune_settings.make_stream(self._tango_retention)
+            times = self._tango_times(video_input, v, t)
+            hh, ww = h // m, w // m
+            seen = [] if debug_dir() else None
+            for s in range(0, t, c):
+                n = min(c, t - s)
+                sub = {"type": "pixel_values_videos", "pixel_values_videos": pixels[row + s * h * w:row + (s + n) * h * w],
+                       "video_grid_thw": grid.new_tensor([[n, h, w]])}
+                (emb,), sal = self._tango_tower(sub, reason)
+                chunk = VideoTokens(emb[:, :main].reshape(n, hh * ww, -1), None if sal is None else sal[0].to(emb.device),
+                                    (n, hh, ww), times[s:s + n])
+                stream.push(chunk, extras=(emb[:, main:],) if emb.shape[1] > main else ())
+                if seen is not None:
+                    seen.append(chunk)
+            kept = stream.finish()
+            want = kept_count(self.tango_prune_settings, hh * ww, t, self._tango_retention)
+            if kept.num_kept != want:
+                raise RuntimeError(f"tango-prune: the chunked stream kept {kept.num_kept} tokens, the prompt reserved {want}")
+            log_saliency(self._tango_source, from_tower=self._tango_source == "qwen-global-query")
+            if seen is not None:
+                dump_chunks(seen, kept, self._tango_source, self._tango_retention)
+            out.append(torch.cat([kept.features.to(emb.dtype), *stream.carried], dim=1))
+            self._tango_chunked.append(kept)
+            row += t * h * w
+        return tuple(out)
+
+    def _tango_main_width(self) -> int:
+        """Channels of a tower row that are the main features (Qwen3-VL appends its deepstack levels after them)."""
+        return self.config.vision_config.out_hidden_size
+
+    def _tango_times(self, video_input, v: int, t: int) -> Tensor:
+        """The seconds of video ``v``'s ``t`` temporal patches, as the pruner takes them."""
+        raise NotImplementedError
+
+    def _tango_kept(self, i: int, emb: Tensor, size: list[int], saliency: Tensor | None, times: Tensor) -> Pruned:
+        """Video ``i``'s Pruned: the chunked stream's (``emb`` are then its kept rows already) or the pruner's."""
+        if self._tango_chunked is not None:
+            return self._tango_chunked[i]
+        return self._tango_prune(emb, size, saliency, times)
 
     def _tango_take_saliency(self, n: int) -> list[Tensor | None]:
         pending, self._tango_pending = self._tango_pending, None
@@ -221,23 +286,26 @@ class TangoQwen2_5_VL(_TangoMRoPE, Qwen2_5_VLForConditionalGeneration):
         t_max = int(_t_positions(t, self.config.vision_config.tokens_per_second, step).max())
         return [offset], [length], [max(t_max, h // merge - 1, w // merge - 1) + 1]
 
-    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
-        grid = video_input["video_grid_thw"].tolist()
+    def _tango_times(self, video_input, v, t):
         spt = video_input.get("second_per_grid_ts")
         if spt is None:
             raise ValueError("second_per_grid_ts is required when video_pruning_rate > 0 (tango-prune)")
+        # as models.qwen_vl: a temporal patch sits at the mean time of its frames (for ST-RoPE)
+        return patch_times(t, float(spt[v]))
+
+    def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
+        grid = video_input["video_grid_thw"].tolist()
         tps = self.config.vision_config.tokens_per_second
         merge = self.visual.spatial_merge_size
         out = []
-        for emb, size, sal, step in zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)),
-                                        spt.tolist()):
-            # as models.qwen_vl: a temporal patch sits at the mean time of its frames (for ST-RoPE)
-            times = patch_times(size[0], step)
-            kept = self._tango_prune(emb, size, sal, times)
+        for i, (emb, size, sal) in enumerate(zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)))):
+            kept = self._tango_kept(i, emb, size, sal, self._tango_times(video_input, i, size[0]))
+            step = float(video_input["second_per_grid_ts"][i])
             # each kept token at the position the unpruned video gives it (vLLM's own arithmetic, float step)
             rel = compute_mrope_for_media(size, merge, tokens_per_second=tps, video_second_per_grid=step)[:, :3]
             chans = positions.encode(rel.to(emb.device)[kept.index], 0, positions.KIND_VIDEO_RUN, emb.dtype)
             out.append(torch.cat([kept.features.to(emb.dtype), chans], dim=1))
+        self._tango_chunked = None
         return tuple(out)
 
 
@@ -263,17 +331,16 @@ class _TangoQwen3(_TangoMRoPE):
     def _postprocess_video_embeds_evs(self, video_embeds_split, video_input):
         grid = video_input["video_grid_thw"].tolist()
         merge = self.visual.spatial_merge_size
-        if video_input.timestamps is None:
-            raise ValueError("Qwen3-VL video inputs need timestamps when video_pruning_rate > 0 (tango-prune)")
         out = []
         for i, (emb, size, sal) in enumerate(zip(video_embeds_split, grid, self._tango_take_saliency(len(grid)))):
             timestamps = video_input.timestamps[i]
             t, h, w = size
             per_frame = (h // merge) * (w // merge)
-            main = self.config.vision_config.out_hidden_size  # then one block of that width per deepstack level
-            kept = self._tango_prune(emb[:, :main], size, sal,
-                                     torch.as_tensor(timestamps, dtype=torch.float32).flatten())
-            feats = torch.cat([kept.features.to(emb.dtype), carry(kept, emb[:, main:])], dim=1)
+            main = self._tango_main_width()  # then one block of that width per deepstack level
+            kept = self._tango_kept(i, emb[:, :main], size, sal, self._tango_times(video_input, i, t))
+            # chunk by chunk, the stream carried the deepstack levels already (emb is its kept rows)
+            feats = emb if self._tango_chunked is not None else \
+                torch.cat([kept.features.to(emb.dtype), carry(kept, emb[:, main:])], dim=1)
             mask = torch.zeros(t * per_frame, dtype=torch.bool, device=emb.device)
             mask[kept.index] = True
             counts = torch.bincount(kept.index // per_frame, minlength=t).tolist()
@@ -285,7 +352,13 @@ class _TangoQwen3(_TangoMRoPE):
                 timestamps=timestamps, video_grid_thw=size, retention_mask=mask)[:, :-5]
             rel, lead = self._tango_video_positions(counts, timestamps, size, kept.index, final.device)
             out.append(torch.cat([final, positions.encode(rel, lead, positions.KIND_VIDEO, final.dtype)], dim=1))
+        self._tango_chunked = None
         return tuple(out)
+
+    def _tango_times(self, video_input, v, t):
+        if video_input.timestamps is None:
+            raise ValueError("Qwen3-VL video inputs need timestamps when video_pruning_rate > 0 (tango-prune)")
+        return torch.as_tensor(video_input.timestamps[v], dtype=torch.float32).flatten()
 
     def _tango_video_positions(self, counts, timestamps, size, kept: Tensor, device) -> tuple[Tensor, int]:
         """The (t, h, w) positions of the rows of ``_create_final_video_embeddings`` relative to the first row (the

@@ -6,6 +6,8 @@ the count reserved and the count kept are one function of (method, grid, retenti
 
     TANGO_PRUNE_METHOD   a registry name (``tango_prune.list_methods()``); unset/empty: the plugin does nothing
     TANGO_PRUNE_OPTIONS  a JSON object of that method's options, plus the adapter options ``ADAPTER_OPTIONS``
+                         (``chunk_frames``: Tango only, the tower encodes a video that many frames at a time and
+                         each chunk is pruned as it comes; ``max_carry``: frames of the open segment held, 256)
 
 The retention is ``1 - q`` with q = vLLM's own ``--video-pruning-rate`` (the share pruned).
 """
@@ -19,6 +21,7 @@ from typing import Callable, Mapping
 from ...core.budget import exact_count, fit_budget
 from ...methods import get_method, list_methods
 from ...methods.common import check_retention, saliency_of
+from ...stream import TangoStream
 from ...types import Pruned, VideoTokens, positions_of
 
 METHOD_VAR = "TANGO_PRUNE_METHOD"
@@ -28,6 +31,8 @@ OPTIONS_VAR = "TANGO_PRUNE_OPTIONS"
 ADAPTER_OPTIONS = {
     "saliency": ("auto", "global-query", "features", "map-head", "cls", "attention"),
     "siglip_head": None,  # a local SigLIP checkpoint dir (LLaVA-OV); any string
+    "chunk_frames": int,  # encode and prune each video this many frames at a time (stream.TangoStream); Tango only
+    "max_carry": int,  # with chunk_frames: the most frames of the still-open segment held across chunks
 }
 # Keys the plugin sets itself: the retention comes from --video-pruning-rate, the budget must be exact.
 _RESERVED = ("retention",)
@@ -49,6 +54,17 @@ class Settings:
     @property
     def adapter_options(self) -> dict:
         return {k: v for k, v in self.options.items() if k in ADAPTER_OPTIONS}
+
+    @property
+    def chunk_frames(self) -> int | None:
+        """Frames per tower call when encoding chunk by chunk (None: the whole video in one call)."""
+        return self.options.get("chunk_frames")
+
+    def make_stream(self, retention: float) -> TangoStream:
+        """A fresh ``stream.TangoStream`` for one video (``chunk_frames`` set): the method's own config, the exact
+        budget, so a video keeps ``kept_count`` tokens in total."""
+        cfg = get_method("tango")(retention=check_retention(retention), **self.method_options).config
+        return TangoStream(cfg, max_carry=self.options.get("max_carry", 256))
 
     def describe(self) -> str:
         return f"method={self.method} options={json.dumps(self.options, sort_keys=True)}"
@@ -85,9 +101,23 @@ def read_settings(environ: Mapping[str, str] = os.environ) -> Settings | None:
         raise _fail(f"{OPTIONS_VAR} sets budget={options['budget']!r}, but vLLM reserves the placeholders before "
                     f"pruning, so the plugin needs budget='exact'; drop 'budget' from {OPTIONS_VAR}")
     for key, choices in ADAPTER_OPTIONS.items():
-        if key in options and not (isinstance(options[key], str) and (choices is None or options[key] in choices)):
+        if key not in options:
+            continue
+        value = options[key]
+        if choices is int:
+            ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number >= 1"
+        else:
+            ok = isinstance(value, str) and (choices is None or value in choices)
             want = f"one of {', '.join(choices)}" if choices else "a string"
-            raise _fail(f"{OPTIONS_VAR} option {key}={options[key]!r} is invalid; use {want}")
+        if not ok:
+            raise _fail(f"{OPTIONS_VAR} option {key}={value!r} is invalid; use {want}")
+    if "chunk_frames" in options and method != "tango":
+        raise _fail(f"{OPTIONS_VAR} sets chunk_frames, which prunes chunk by chunk with Tango; method {method!r} needs "
+                    f"the whole video: drop chunk_frames or set {METHOD_VAR}=tango")
+    if "max_carry" in options and "chunk_frames" not in options:
+        raise _fail(f"{OPTIONS_VAR} sets max_carry without chunk_frames; add chunk_frames or drop max_carry")
+    if "chunk_frames" in options and options.get("brief_frames"):
+        raise _fail(f"{OPTIONS_VAR}: brief_frames is not supported with chunk_frames; drop one of them")
     settings = Settings(method, options)
     try:  # let the method judge its own options now, in the process that starts vLLM
         get_method(method)(retention=0.5, **settings.method_options)

@@ -2,8 +2,9 @@
 
 The checks run in .venv-vllm (vLLM's CPU build) as subprocesses of tests/vllm/check_llava.py on a tiny random
 checkpoint, offline: one engine as shipped ("stock"), one with our class registered but no method ("unset"), one
-pruning with Tango at --video-pruning-rate 0.9 ("tango", which also runs our HF adapter on the same weights), and
-that one again as a server runs it ("served": the plugin's entry point, engine and worker processes). They
+pruning with Tango at --video-pruning-rate 0.9 ("tango", which also runs our HF adapter on the same weights),
+that one again as a server runs it ("served": the plugin's entry point, engine and worker processes), and chunk by
+chunk ("chunked": TANGO_PRUNE_OPTIONS chunk_frames=3, against our HF adapter chunked alike). They
 are skipped when .venv-vllm is absent (scripts/setup_vllm.sh builds it), and fail instead with TANGO_REQUIRE_VLLM=1
 or TANGO_REQUIRE_ALL=1 (tests/vllm_helpers.py need_vllm). The checkpoint is the session's; the four runs start
 together when the module starts (tests/vllm_helpers.py).
@@ -15,7 +16,7 @@ import pytest
 from tests.vllm_helpers import SCRIPTS, RunCache
 
 SCRIPT = SCRIPTS / "check_llava.py"
-MODES = ("stock", "unset", "tango", "served")
+MODES = ("stock", "unset", "tango", "served", "chunked")
 FRAMES, PER_FRAME, TEXT_TOKENS, VIDEO_ID = 8, 16, 8, 398  # tests/vllm/tiny_llava.py's video and prompt
 KEPT = round(0.1 * FRAMES * PER_FRAME)  # retention 1 - 0.9, exact budget
 
@@ -28,7 +29,7 @@ def runs(vllm_ckpts, tmp_path_factory) -> dict:
     for mode in MODES:
         cache.start(mode, [SCRIPT, "run", ckpt, mode, cache.out(mode)], timeout=300)
     out = {mode: cache.get(mode) for mode in MODES}
-    out["dumps"] = {m: sorted(out[m]["dump"].glob("*.pt")) for m in ("tango", "served")}
+    out["dumps"] = {m: sorted(out[m]["dump"].glob("*.pt")) for m in ("tango", "served", "chunked")}
     return out
 
 
@@ -138,3 +139,28 @@ def test_unset_method_is_stock(runs):
     s, u = runs["stock"], runs["unset"]
     assert u["prompt_ids"] == s["prompt_ids"] and u["same_prompt_ids"] == s["same_prompt_ids"]
     assert u["top5"] == s["top5"]
+
+
+def test_chunked_encodes_chunk_by_chunk_and_matches_hf(runs):
+    """chunk_frames=3: the tower ran on 3 + 3 + 2 frames (then 3 + 3 + 2 and 3 + 1 for two videos of two lengths in
+    one prompt), the prompt reserved what the whole-video path reserves, each video kept what our stream keeps on the
+    chunks it was given, and the kept set and first-token top 5 equal our HF adapter's with chunk_frames=3."""
+    import torch
+
+    from tango_prune.integrations.vllm.settings import Settings
+    from tango_prune.types import VideoTokens
+
+    c, t = runs["chunked"], runs["tango"]
+    assert c["tower_call_frames"] == [3, 3, 2] and c["all_tower_call_frames"] == [3, 3, 2, 3, 3, 2, 3, 1]
+    assert c["prompt_ids"] == t["prompt_ids"] and c["two_prompt_ids"] == t["two_prompt_ids"]
+    records = [torch.load(p, weights_only=False) for p in runs["dumps"]["chunked"]]
+    assert [r["chunks"] for r in records] == [[3, 3, 2], [3, 3, 2], [3, 1]]
+    for r in records:
+        stream, a = Settings("tango", {"chunk_frames": 3}).make_stream(0.1), 0
+        for n in r["chunks"]:
+            stream.push(VideoTokens(r["features"][a:a + n], r["saliency"][a:a + n], (n, 4, 4)))
+            a += n
+        assert torch.equal(stream.finish().index, r["index"])
+    assert records[0]["index"].tolist() == c["hf_index"] and len(c["hf_index"]) == KEPT
+    assert [i for i, _ in c["top5"]] == [i for i, _ in c["hf_top5"]]
+    assert [v for _, v in c["top5"]] == pytest.approx([v for _, v in c["hf_top5"]], abs=1e-4)

@@ -9,6 +9,8 @@
                      and compares it with our HF adapter (tango_prune.apply) on the same weights and video
              served: as a server runs it: TANGO_PRUNE_METHOD=tango, the plugin loaded from its entry point in every
                      process, the engine and its worker in their own processes (what it pruned: the debug dump)
+             chunked: tango with TANGO_PRUNE_OPTIONS chunk_frames=CHUNK (the tower CHUNK frames at a time), against
+                     our HF adapter chunked alike
 stock/unset/tango run the engine in this process (so apply_model reaches the model) with entry-point plugins off.
 All engines get --video-pruning-rate 0.9 (retention 0.1): stock ignores it, so must our class when off.
 """
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 RATE = 0.9
+CHUNK = 3  # "chunked": frames per tower call (8 frames: 3 + 3 + 2)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default would take a share of the machine
@@ -149,6 +152,43 @@ def hf_side(ckpt: str, rec: tuple) -> dict:
     }
 
 
+def hf_chunked(ckpt: str) -> dict:
+    """Our HF adapter chunk by chunk (``chunk_frames=CHUNK``) on the same checkpoint and video: top-5, kept index."""
+    import torch
+    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+
+    import tango_prune
+
+    proc = LlavaOnevisionProcessor.from_pretrained(ckpt)
+    inputs = proc(text=tiny_llava.PROMPT, videos=[tiny_llava.video()], return_tensors="pt")
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+    with tango_prune.apply(model, "tango", round(1 - RATE, 6), budget="exact", chunk_frames=CHUNK) as handle:
+        with torch.no_grad():
+            (vt,), _ = handle.encode(dict(inputs), {})
+            index = handle.prune_in_chunks(vt).index.tolist()
+            logits = model(**inputs).logits[0, -1].float()
+    top = torch.log_softmax(logits, -1).topk(5)
+    return {"hf_top5": [[int(t), float(v)] for t, v in zip(top.indices, top.values)], "hf_index": index}
+
+
+def run_chunked(ckpt: str, out_path: str) -> None:
+    """``chunk_frames=CHUNK``: the tower's calls, the answer, two videos of two lengths, and HF chunked alike."""
+    os.environ.update(TANGO_PRUNE_METHOD="tango", TANGO_PRUNE_OPTIONS=json.dumps({"chunk_frames": CHUNK}),
+                      VLLM_PLUGINS="", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    from tango_prune.integrations.vllm.llava_ov import register_llava_onevision
+
+    register_llava_onevision()
+    llm = engine(ckpt)
+    llm.apply_model(_record)
+    result = generate(llm)
+    (result["tower_call_frames"],) = llm.apply_model(lambda m: list(m._tango_frames))
+    F = tiny_llava.FRAMES
+    result["two_prompt_ids"] = generate_two(llm, (F, F // 2), (3, 4))
+    (result["all_tower_call_frames"],) = llm.apply_model(lambda m: list(m._tango_frames))
+    result.update(hf_chunked(ckpt))
+    Path(out_path).write_text(json.dumps(result))
+
+
 def map_head_check(llm, ckpt: str) -> dict:
     """saliency="map-head" (the release's, from siglip_head=DIR): the model's encode against the HF adapter's on the
     same frames. The engine was started without it, so the test sets it on the model instance for this one call."""
@@ -183,6 +223,8 @@ def map_head_check(llm, ckpt: str) -> dict:
 
 def run(ckpt: str, mode: str, out_path: str) -> None:
     t0 = time.perf_counter()
+    if mode == "chunked":
+        return run_chunked(ckpt, out_path)
     if mode not in ("stock", "unset", "tango", "served"):
         raise ValueError(f"mode must be stock, unset, tango or served, got {mode!r}")
     if mode in ("tango", "served"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import torch
 from torch import Tensor
@@ -34,7 +33,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from ...models.llava_ov import SALIENCY_MODES, SALIENCY_SOURCES, resolve_saliency, sink_preset
 from ...models.saliency import attention_received, cls_attention, load_siglip_head, map_head_attention
 from ...types import Pruned, VideoTokens
-from .debug_dump import DEBUG_DIR_VAR, dump
+from .debug_dump import debug_dir, dump, dump_chunks
 from .runtime import announce, log_saliency
 from .vllm_names import require_attrs, tp_size
 from .settings import Settings, kept_count, make_pruner, read_settings
@@ -121,6 +120,8 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         if self.tango_prune_settings is None:
             return super()._process_video_pixels(inputs)
         pixels = inputs["pixel_values_videos"]
+        if self.tango_prune_settings.chunk_frames:
+            return [self._tango_encode_chunked(v) for v in pixels]  # a (B, T, ...) tensor iterates per video too
         # one tower call for all videos of the batch, as the stock path does; a batched tensor is (B, T, C, H, W)
         if isinstance(pixels, Tensor):
             frames, flat = [pixels.shape[1]] * pixels.shape[0], pixels.flatten(0, 1)
@@ -133,6 +134,27 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
             kept = self._tango_prune(VideoTokens(f, s, (f.shape[0], side, side)))
             out.append(torch.cat([kept.features, self.image_newline[None].to(kept.features)]))
         return out
+
+    def _tango_encode_chunked(self, frames: Tensor) -> Tensor:
+        """``chunk_frames``: one video's (T, C, H, W) frames through the tower that many at a time (each frame is
+        encoded alone, so a chunk's rows are the whole call's), each chunk pruned as it comes (stream.TangoStream);
+        only kept rows are held. Returns the kept rows, then the newline."""
+        c = self.tango_prune_settings.chunk_frames
+        stream, seen = None, [] if debug_dir() else None
+        for s in range(0, frames.shape[0], c):
+            feats, sal = self._tango_encode(frames[s:s + c])
+            side = math.isqrt(feats.shape[1])
+            if stream is None:
+                stream = self._tango_settings((side, side)).make_stream(self._tango_retention)
+            chunk = VideoTokens(feats, sal, (feats.shape[0], side, side))
+            stream.push(chunk)
+            if seen is not None:
+                seen.append(chunk)
+        kept = stream.finish()
+        self._tango_check(kept)
+        if seen is not None:
+            dump_chunks(seen, kept, self._tango_source(), self._tango_retention)
+        return torch.cat([kept.features, self.image_newline[None].to(kept.features)])
 
     def _tango_encode(self, pixels: Tensor) -> tuple[Tensor, Tensor | None]:
         """(N, C, H, W) frames -> stock pooled projected features (N, L, D) and pooled saliency (N, L) or None.
@@ -188,23 +210,31 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
 
         return tensor_model_parallel_all_reduce(sal * attn.num_heads_per_partition) / attn.num_heads
 
+    def _tango_settings(self, grid: tuple[int, int]) -> Settings:
+        """The settings with the HF adapter's sink preset for this pooled grid (when the user named no sinks)."""
+        settings = self.tango_prune_settings
+        preset = sink_preset(settings.method, "sink_indices" in settings.options, grid)
+        if preset is not None:
+            settings = dataclasses.replace(settings, options={**settings.options, "sink_indices": preset})
+        return settings
+
     def _tango_prune(self, vt: VideoTokens) -> Pruned:
         """The method on one video, with exactly as many tokens as the processor reserved placeholders for."""
         grid = vt.grid[1:]
         if grid not in self._tango_pruners:
-            settings = self.tango_prune_settings
-            preset = sink_preset(settings.method, "sink_indices" in settings.options, grid)  # as the HF adapter
-            if preset is not None:
-                settings = dataclasses.replace(settings, options={**settings.options, "sink_indices": preset})
-            self._tango_pruners[grid] = make_pruner(settings, self._tango_retention)
+            self._tango_pruners[grid] = make_pruner(self._tango_settings(grid), self._tango_retention)
         kept = self._tango_pruners[grid](vt)
-        want = kept_count(self.tango_prune_settings, grid[0] * grid[1], vt.grid[0], self._tango_retention)
+        self._tango_check(kept)
+        if debug_dir():  # the Qwen classes' debug dump, same record format
+            dump(vt, kept, self._tango_source(), self._tango_retention)
+        return kept
+
+    def _tango_check(self, kept: Pruned) -> None:
+        T, h, w = kept.grid
+        want = kept_count(self.tango_prune_settings, h * w, T, self._tango_retention)
         if kept.num_kept != want:
             raise ValueError(f"{self.tango_prune_settings.method} kept {kept.num_kept} tokens, the prompt reserved {want}")
         log_saliency(self._tango_source(), from_tower=self._tango_mode() != "features")
-        if os.environ.get(DEBUG_DIR_VAR):  # the Qwen classes' debug dump, same record format
-            dump(vt, kept, self._tango_source(), self._tango_retention)
-        return kept
 
     def _tango_mode(self) -> str:
         return resolve_saliency(self.tango_saliency, self._tango_head is not None,

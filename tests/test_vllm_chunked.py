@@ -46,6 +46,17 @@ def test_tower_runs_chunk_by_chunk_and_equals_the_whole_call(runs, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_kept_set_is_the_whole_videos_where_decisions_are_local(runs, family):
+    """Random frames: every temporal patch is its own segment, so each segment's pruning is local to its chunk; what
+    is not local is the exact budget (the plugin must keep exactly the reserved count): the whole video fits its
+    surplus or deficit by saliency anywhere, the stream inside each closed window against a running target. So the
+    kept sets share all but that fit: measured Jaccard 0.96 (Qwen2.5-VL) and 0.92 (Qwen3-VL), the same count."""
+    chunked, whole = record(runs.run(family, "tango-chunked")), record(runs.run(family, "tango"))
+    a, b = set(chunked["index"].tolist()), set(whole["index"].tolist())
+    assert len(a) == len(b) == 51 and len(a & b) / len(a | b) >= 0.9
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_kept_tokens_are_the_streams(runs, family):
     """The worker kept exactly what our stream keeps when the recorded chunks are pushed in order, at the count the
     prompt reserved (the exact budget over the whole video)."""

@@ -2,8 +2,10 @@
 or the engine's error (issue 37). Run with the vLLM venv's python:
 
     .venv-vllm/bin/python scripts/measure/vllm_long_video.py --model DIR --family qwen2_5_vl --frames 3600 [--rate 0.9]
+        [--chunk-frames 32]
 
-DIR: a tiny checkpoint (`python tests/vllm/tiny.py DIR qwen2_5_vl`). Frames of --px pixels (112: 4 x 4 merged tokens
+DIR: a tiny checkpoint (`python tests/vllm/tiny.py DIR qwen2_5_vl [--wide]`; --wide: a real-width tower in 2 blocks).
+--chunk-frames N: the plugin encodes and prunes N temporal patches at a time (TANGO_PRUNE_OPTIONS chunk_frames). Frames of --px pixels (112: 4 x 4 merged tokens
 per temporal patch of 2 frames), drifting blobs plus noise, 1 fps. Without --rate the plugin is not loaded (stock).
 """
 from __future__ import annotations
@@ -39,12 +41,15 @@ def main() -> None:
     ap.add_argument("--px", type=int, default=112)
     ap.add_argument("--rate", type=float, default=None)
     ap.add_argument("--max-model-len", type=int, default=4096, help="the tiny checkpoints' max_position_embeddings")
+    ap.add_argument("--chunk-frames", type=int, default=None)
     a = ap.parse_args()
     if a.rate is None:
         os.environ["VLLM_PLUGINS"] = ""
+    if a.chunk_frames:
+        os.environ["TANGO_PRUNE_OPTIONS"] = json.dumps({"chunk_frames": a.chunk_frames})
     from vllm import LLM, SamplingParams
 
-    row = {"frames": a.frames, "px": a.px, "rate": a.rate}
+    row = {"frames": a.frames, "px": a.px, "rate": a.rate, "chunk_frames": a.chunk_frames}
     t = time.perf_counter()
     try:
         extra = {} if a.rate is None else {"video_pruning_rate": a.rate}

@@ -1,7 +1,7 @@
 """Tiny random Qwen2.5-VL / Qwen3-VL (dense, MoE) / Qwen3.5 (dense, MoE) checkpoints for the vLLM tests, built
 offline with transformers.
 
-Run with the vLLM venv's python:  python tests/vllm/tiny.py OUT_DIR FAMILY   (FAMILY: a key of FRAME_PX)
+Run with the vLLM venv's python:  python tests/vllm/tiny.py OUT_DIR FAMILY [--wide]  (FAMILY: a key of FRAME_PX)
 Text: 2 layers, hidden 128 (head_dim 32: the smallest vLLM's CPU attention takes), byte-level tokenizer (256 bytes +
 7 special tokens, no merges) with a chat template. Vision: 2-3 blocks of width 32. Frames of 224 px (Qwen2.5: 14 px
 patches, 2 x 2 merged-token windows) / 256 px (Qwen3: 16 px patches) give 8 x 8 merged tokens per temporal patch.
@@ -55,7 +55,12 @@ def text_config(**extra):
                 tie_word_embeddings=False, **extra)
 
 
-def build(out: str | Path, family: str, seed: int = 0) -> Path:
+# ``--wide`` (measurements only, scripts/measure/vllm_long_video.py): Qwen2.5-VL-7B's tower width in 2 blocks, so
+# that the tower's activations, not the tiny LLM, set a long video's memory
+WIDE = dict(hidden_size=1280, intermediate_size=3420, num_heads=16)
+
+
+def build(out: str | Path, family: str, seed: int = 0, vision_overrides: dict | None = None) -> Path:
     import transformers as tf
 
     out = Path(out)
@@ -67,9 +72,10 @@ def build(out: str | Path, family: str, seed: int = 0) -> Path:
     if family == "qwen2_5_vl":
         cfg = tf.Qwen2_5_VLConfig(
             text_config=text_config(rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 1e4}),
-            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
-                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                               fullatt_block_indexes=[1], in_channels=3, tokens_per_second=1),
+            vision_config={**dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
+                                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                                  fullatt_block_indexes=[1], in_channels=3, tokens_per_second=1),
+                           **(vision_overrides or {})},
             tie_word_embeddings=False, **ids)
         model = tf.Qwen2_5_VLForConditionalGeneration(cfg)
         pixels = dict(min_pixels=px * px, max_pixels=px * px)
@@ -81,6 +87,7 @@ def build(out: str | Path, family: str, seed: int = 0) -> Path:
     elif family in QWEN3:
         vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128, patch_size=16,
                       spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64)
+        vision.update(vision_overrides or {})
         mrope = {"rope_type": "default", "mrope_section": [4, 6, 6], "mrope_interleaved": True, "rope_theta": 1e4}
         if family.startswith("qwen3_vl"):
             vision["deepstack_visual_indexes"] = [0, 1]
@@ -147,4 +154,4 @@ def transpose_fused_experts(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    print(build(sys.argv[1], sys.argv[2]))
+    print(build(sys.argv[1], sys.argv[2], vision_overrides=WIDE if sys.argv[3:] == ["--wide"] else None))

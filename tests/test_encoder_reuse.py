@@ -125,13 +125,6 @@ def test_bad_encoder_options_name_the_argument(model, spec, match):
     assert "forward" not in model.__dict__  # nothing left half-applied
 
 
-def test_families_without_the_stage_refuse_it():
-    qwen = tiny_model("qwen2.5-vl")
-    with pytest.raises(ValueError, match="encoder"):
-        apply(qwen, "tango", 0.1, encoder="reuse")
-    apply(qwen, "tango", 0.1, encoder=None).remove()
-
-
 def test_a_given_pattern_must_fit_the_video(model):
     frames = clip(8)[0]
     with pytest.raises(ValueError, match="computed must be"):

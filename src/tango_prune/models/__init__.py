@@ -18,8 +18,9 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
     positions; Qwen always keeps its M-RoPE positions), and ``llm_stage`` (an ``LLMStage``, a dict of its
     fields, or "llava-video" for the release's K=18 / 50% stage inside the LLM; it raises the pre-LLM retention so
     the mean share over the LLM's layers is ``retention``). Per call, ``video_timestamps`` (one (T,) tensor of
-    seconds per video) feeds ST-RoPE. ``encoder`` (LLaVA-OV only, off by default): "reuse" or a
-    ``ReuseConfig``/dict: tokens unchanged since their key frame skip the tower's later blocks (encoders/reuse.py).
+    seconds per video) feeds ST-RoPE. ``encoder`` (off by default): "reuse" or a ``ReuseConfig``/dict:
+    tokens unchanged since their key frame (Qwen: key temporal patch) skip the tower's later blocks
+    (encoders/reuse.py, encoders/reuse_qwen.py).
     ``chunk_frames`` (Tango only, off by default): the tower encodes each video that many frames at a time (Qwen:
     temporal patches) and each chunk is pruned as it comes (stream.TangoStream), so only kept rows are held for a
     long video; ``max_carry`` (default 256) caps the frames of the still-open segment held across chunks.
@@ -27,12 +28,6 @@ def apply(model, method: str = "tango", retention: float = 0.1, **opts) -> Prune
     stock model; ``handle.last_stats`` reports the most recent call's counts and times.
     """
     name = type(model).__name__
-    if opts.get("encoder") is not None and name != "LlavaOnevisionForConditionalGeneration":
-        raise ValueError(f"encoder= (the encoder stage) works on towers that encode each frame alone "
-                         f"(LlavaOnevisionForConditionalGeneration); {name}'s tower encodes frame pairs with "
-                         f"window attention or deepstack, not covered yet: leave encoder=None")
-    if name != "LlavaOnevisionForConditionalGeneration":
-        opts.pop("encoder", None)
     if name == "LlavaOnevisionForConditionalGeneration":
         from .llava_ov import LlavaOnevisionHandle
 

@@ -33,7 +33,13 @@ class QwenVLHandle(PruneHandle):
     family = "qwen-vl"
 
     def __init__(self, model, method: str, retention: float, *, saliency: str = "auto", positions: str = "original",
-                 **method_opts) -> None:
+                 encoder=None, **method_opts) -> None:
+        from ..encoders.reuse import resolve_encoder
+
+        self.encoder = resolve_encoder(encoder)  # the encoder stage (encoders/reuse_qwen.py); None: the stock tower
+        if self.encoder is not None and method_opts.get("chunk_frames"):
+            raise ValueError("encoder= and chunk_frames= together are not supported: the encoder stage refers "
+                             "temporal patches to key patches of the whole video; drop one of them")
         if positions != "original":
             raise ValueError(f"positions={positions!r}: Qwen's kept tokens always keep their M-RoPE positions; "
                              "leave positions out (or pass 'original')")
@@ -45,7 +51,8 @@ class QwenVLHandle(PruneHandle):
     @torch.no_grad()
     def encode(self, kwargs: dict, ctx: dict) -> tuple[list[VideoTokens], list[str]]:
         pv, thw, spt, times = self._inputs(kwargs, ctx)
-        feats, ctx["deepstack"], sal, source = self._tower(pv, thw, ctx)
+        feats, ctx["deepstack"], sal, source = self._tower(pv, thw, ctx) if self.encoder is None \
+            else self._tower_reuse(pv, thw, ctx)
         m = self.model.model.visual.spatial_merge_size
         videos, a = [], 0
         for v, (t, h, w) in enumerate(thw.tolist()):
@@ -122,6 +129,24 @@ class QwenVLHandle(PruneHandle):
             if mode == "global-query" and captured.get("pe") else None
         return out.pooler_output, deep, sal, "qwen-global-query" if sal is not None else "feature-distinctiveness"
 
+    def _tower_reuse(self, pv: Tensor, thw: Tensor, ctx: dict):
+        """``_tower`` with the encoder stage, one video per tower call (a temporal patch must never refer to
+        another video's key). Puts each video's computed share in ctx["encoder_computed"]."""
+        from ..encoders.reuse_qwen import reuse_blocks
+
+        visual = self.model.model.visual
+        parts, row = [], 0
+        for t, h, w in thw.tolist():
+            with reuse_blocks(visual, self.encoder, t) as plan:
+                parts.append(self._tower(pv[row : row + t * h * w], thw.new_tensor([[t, h, w]]), ctx))
+            share = 1.0 if plan.computed is None else float(plan.computed.float().mean())
+            ctx.setdefault("encoder_computed", []).append(share)
+            row += t * h * w
+        feats = torch.cat([p[0] for p in parts])
+        deep = None if parts[0][1] is None else [torch.cat(lv) for lv in zip(*[p[1] for p in parts])]
+        sal = None if any(p[2] is None for p in parts) else torch.cat([p[2] for p in parts])
+        return feats, deep, sal, parts[0][3]
+
     def encode_given(self, videos, kwargs: dict, ctx: dict):
         thw = kwargs.pop("video_grid_thw", None)
         if thw is None:
@@ -185,6 +210,7 @@ def global_query_saliency(visual, captured: dict, thw: Tensor) -> Tensor:
     # the tower's own rotary helper (Qwen2-VL, Qwen2.5-VL and Qwen3-VL each define one in their modeling file)
     apply_rotary_pos_emb_vision = sys.modules[type(visual).__module__].apply_rotary_pos_emb_vision
     blk = visual.blocks[-1]
+    blk = getattr(blk, "block", blk)  # under the encoder stage, the block inside its wrapper (encoders/reuse_qwen.py)
     h = captured["h"]
     N = h.shape[0]
     q, k, _ = blk.attn.qkv(blk.norm1(h)).reshape(N, 3, blk.attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)

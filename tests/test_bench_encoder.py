@@ -24,14 +24,27 @@ def test_rows_for_stock_tango_and_each_setting_and_clip(tiny, tmp_path, capsys):
                  "--encoder", "reuse", "--encoder", "reuse:tau=1", "--clips", "carphone_pristine,bikes"]) == 0
     res = json.loads(out.read_text())
     labels = [r["label"] for r in res["rows"]]
-    assert labels[:2] == ["none", "tango"] and len(labels) == 6  # 2 settings x 2 clips after the two baselines
-    assert [r["clip"] for r in res["rows"][2:]] == ["carphone_pristine", "bikes"] * 2
-    for r in res["rows"][2:]:
+    # 2 settings x 2 clips after the baselines: stock, Tango, and Tango's tower re-timed by the stage rows' own path
+    assert labels[:3] == ["none", "tango", "tango, tower re-timed"] and len(labels) == 7
+    assert len(res["rows"][2]["control"]) == 2  # timed before and after the stage rows
+    assert [r["clip"] for r in res["rows"][3:]] == ["carphone_pristine", "bikes"] * 2
+    for r in res["rows"][3:]:
         assert 0 < r["computed"] <= 1 and 0 <= r["jaccard"] <= 1 and r["cos_p5"] <= r["cos_median"] <= 1 + 1e-6
-        assert r["ttft_s"] > 0 and r["vs_tango"] == pytest.approx(res["rows"][1]["ttft_s"] / r["ttft_s"])
-    for r in res["rows"][4:]:  # tau = 1: nothing is reused, the stage's output is the stock forward's
+        assert r["ttft_s"] > 0 and r["vs_tango"] == pytest.approx(res["rows"][2]["ttft_s"] / r["ttft_s"])
+    for r in res["rows"][5:]:  # tau = 1: nothing is reused, the stage's output is the stock forward's
         assert r["computed"] == 1 and r["cos_p5"] > 0.9999 and r["jaccard"] == 1
     assert "vs tango" in capsys.readouterr().out
+
+
+def test_qwen_rows_follow_the_pattern_of_temporal_patches(tiny, tmp_path):
+    """Qwen: the pattern comes from ViT-S on frame pairs (one per temporal patch); tau 1 computes everything."""
+    out = tmp_path / "enc.json"
+    assert main(["bench", "--arch", "tiny-qwen", "--frames", "4", "--repeats", "1", "--quiet", "--json", str(out),
+                 "--encoder", "reuse:gate_layer=0", "--encoder", "reuse:tau=1,gate_layer=0", "--clips", "carphone_pristine"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["label"][:5] for r in rows] == ["none", "tango", "tango", "+t0.9", "+t1/g"]
+    assert 0 < rows[3]["computed"] < 1 and rows[4]["computed"] == 1 and rows[4]["jaccard"] == 1
+    assert all(r["ttft_s"] > 0 for r in rows)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -41,7 +54,6 @@ def test_rows_for_stock_tango_and_each_setting_and_clip(tiny, tmp_path, capsys):
     (["--encoder", "reuse", "--engine", "vllm"], "--engine hf"),
     (["--encoder", "reuse", "--frames", "4,8"], "one --frames"),
     (["--encoder", "reuse", "--retention", "0.1,0.2"], "one --retention"),
-    (["--encoder", "reuse", "--arch", "tiny-qwen"], "LLaVA-OneVision shapes"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tiny, args, needle, capsys):
     base = [] if "--arch" in args else ["--arch", "tiny-ov"]

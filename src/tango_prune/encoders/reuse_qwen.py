@@ -153,3 +153,17 @@ def reuse_blocks(visual: nn.Module, cfg: ReuseConfig, frames: int, computed: Ten
         yield plan
     finally:
         visual.blocks = stock
+
+
+def tower_rows(visual: nn.Module, h: int, w: int) -> Tensor:
+    """(h * w,) the raster index (row-major over the h x w patch grid) of each row of one temporal patch as the
+    tower's blocks hold it: the processor's order (each merge group's patches together), then Qwen2.5-VL's window
+    order. ``pattern[:, tower_rows(...)]`` takes a raster pattern to the rows ``reuse_blocks(computed=)`` expects."""
+    m = visual.spatial_merge_size
+    rows = torch.arange(h * w).view(h // m, m, w // m, m).permute(0, 2, 1, 3).flatten()
+    if getattr(visual, "window_size", None):
+        from transformers.vision_utils import get_vision_window_index
+
+        index, _ = get_vision_window_index(torch.tensor([[1, h, w]]), m, visual.window_size, visual.patch_size)
+        rows = rows.view(-1, m * m)[index].flatten()
+    return rows

@@ -137,7 +137,7 @@ class QwenVLHandle(PruneHandle):
         visual = self.model.model.visual
         parts, row = [], 0
         for t, h, w in thw.tolist():
-            with reuse_blocks(visual, self.encoder, t) as plan:
+            with reuse_blocks(visual, self.encoder, t, self.reuse_pattern(t, h, w)) as plan:
                 parts.append(self._tower(pv[row : row + t * h * w], thw.new_tensor([[t, h, w]]), ctx))
             share = 1.0 if plan.computed is None else float(plan.computed.float().mean())
             ctx.setdefault("encoder_computed", []).append(share)
@@ -146,6 +146,11 @@ class QwenVLHandle(PruneHandle):
         deep = None if parts[0][1] is None else [torch.cat(lv) for lv in zip(*[p[1] for p in parts])]
         sal = None if any(p[2] is None for p in parts) else torch.cat([p[2] for p in parts])
         return feats, deep, sal, parts[0][3]
+
+    def reuse_pattern(self, t: int, h: int, w: int) -> Tensor | None:
+        """The stage's computed pattern in the tower's row order, replacing its gate (None: the gate decides; the
+        speed benchmark gives one measured on real weights)."""
+        return None
 
     def encode_given(self, videos, kwargs: dict, ctx: dict):
         thw = kwargs.pop("video_grid_thw", None)

@@ -55,7 +55,11 @@ def bind_two_cores() -> str:
     return f"{cpus[0]}|{cpus[1 % len(cpus)]}"
 
 
-RUNS = [(f, tp, None) for f in FAMILIES for tp in (1, 2)] + [("qwen2_5_vl", 2, "data")]
+# variants: "data" = mm_encoder_tp_mode data; "chunked" = TANGO_PRUNE_OPTIONS chunk_frames 2 (the tower a chunk at a
+# time: the ranks must all-reduce each chunk's saliency alike and close the stream's windows alike)
+RUNS = [(f, tp, None) for f in FAMILIES for tp in (1, 2)] + [("qwen2_5_vl", 2, "data")] + \
+    [("qwen3_vl", tp, "chunked") for tp in (1, 2)]
+CASES = [(f, None) for f in FAMILIES] + [("qwen3_vl", "chunked")]
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +67,14 @@ def runs(vllm_ckpts, tmp_path_factory):
     vllm_ckpts.prefetch(*FAMILIES)
     cache = RunCache(tmp_path_factory.mktemp("vllm-tp-runs"))
 
-    def start(family: str, tp: int, encoder_mode: str | None = None) -> str:
-        key = f"{family}-tp{tp}" + (f"-{encoder_mode}" if encoder_mode else "")
+    def start(family: str, tp: int, variant: str | None = None) -> str:
+        key = f"{family}-tp{tp}" + (f"-{variant}" if variant else "")
         args = [SCRIPTS / "tp_check.py", "--family", family, "--model", vllm_ckpts[family], "--out", cache.out(key),
                 "--tp", str(tp), "--rate", str(RATE), "--n", str(N)]
-        args += ["--mm-encoder-tp-mode", encoder_mode] if encoder_mode else []
+        args += ["--mm-encoder-tp-mode", variant] if variant == "data" else []
         env = {"TANGO_PRUNE_METHOD": "tango"}
+        if variant == "chunked":
+            env["TANGO_PRUNE_OPTIONS"] = '{"chunk_frames": 2}'
         if tp > 1:
             env["VLLM_CPU_OMP_THREADS_BIND"] = bind_two_cores()
         cache.start(key, args, env)
@@ -77,8 +83,8 @@ def runs(vllm_ckpts, tmp_path_factory):
     for run in RUNS:
         start(*run)
 
-    def get(family: str, tp: int, encoder_mode: str | None = None) -> dict:
-        res = cache.get(start(family, tp, encoder_mode))
+    def get(family: str, tp: int, variant: str | None = None) -> dict:
+        res = cache.get(start(family, tp, variant))
         if "records" not in res:  # per worker process: grid -> its last record (every request has its own grid)
             per_pid: dict[int, dict] = defaultdict(dict)
             for f in sorted(res["dump"].glob("*.pt")):
@@ -126,11 +132,11 @@ def test_vision_tower_is_sharded(runs, family):
         assert r["model_class"] == one[0]["model_class"] and r["model_class"].startswith("Tango"), r
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_tp2_answers_equal_tp1(runs, family):
+@pytest.mark.parametrize("family, variant", CASES)
+def test_tp2_answers_equal_tp1(runs, family, variant):
     """tp 2 gives every request of the batch the prompt (so the kept count), the greedy tokens and the top-5
     log-probs of tp 1; each video's prompt holds exactly the kept count of its grid (pruning did happen)."""
-    one, two = runs(family, 1), runs(family, 2)
+    one, two = runs(family, 1, variant), runs(family, 2, variant)
     assert len(one["requests"]) == len(two["requests"]) == N
     grids = rank_records(two)[0]
     token = VIDEO_TOKEN.get(family, QWEN_VIDEO_TOKEN)
@@ -145,21 +151,35 @@ def test_tp2_answers_equal_tp1(runs, family):
             assert gap <= LOGPROB_TOL, f"request {i} step {step}: {sa} vs {sb}"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_tp2_keeps_tp1_tokens(runs, family):
+def ours(d: dict):
+    """What our pruner keeps on a record's inputs: whole, or pushed to the stream in the recorded chunks."""
+    if d["chunks"] is None:
+        return make_pruner(Settings("tango", {}), 1.0 - RATE)(VideoTokens(d["features"], d["saliency"], d["grid"],
+                                                                           d["timestamps"]))
+    stream, a = Settings("tango", {"chunk_frames": 2}).make_stream(1.0 - RATE), 0
+    for n in d["chunks"]:
+        stream.push(VideoTokens(d["features"][a:a + n], d["saliency"][a:a + n], (n, *d["grid"][1:]),
+                                d["timestamps"][a:a + n]))
+        a += n
+    return stream.finish()
+
+
+@pytest.mark.parametrize("family, variant", CASES)
+def test_tp2_keeps_tp1_tokens(runs, family, variant):
     """Per video, on both ranks: the tower's own saliency (never the feature fall-back), equal across ranks and to
-    tp 1's, and the kept indices of tp 1, which are our pruner's on the recorded inputs. Without the all-reduce each
-    rank scores with its own head only: this fails (shown by removing it in a copy of the source)."""
-    one, two = runs(family, 1), runs(family, 2)
+    tp 1's, and the kept indices of tp 1, which are our pruner's on the recorded inputs (chunked: the stream's on the
+    recorded chunks). Without the all-reduce each rank scores with its own head only: this fails (shown by removing
+    it in a copy of the source)."""
+    one, two = runs(family, 1, variant), runs(family, 2, variant)
     (ref,) = rank_records(one)
     ranks = rank_records(two)
     assert len(ranks) == 2 and len(ref) == N and all(set(r) == set(ref) for r in ranks), \
         (sorted(ref), [sorted(r) for r in ranks])
     if family != "llava_ov":  # the Qwen classes log their saliency source once per process: each rank does
         assert logged_sources(two["log"]) == {0: {SOURCE[family]}, 1: {SOURCE[family]}}
-    prune = make_pruner(Settings("tango", {}), 1.0 - RATE)
     tol = SALIENCY_TOL
     for grid, a in ref.items():
+        assert (a["chunks"] is not None) == (variant == "chunked"), (grid, a["chunks"])
         assert a["saliency_source"] == SOURCE[family] and a["saliency"] is not None, (grid, a["saliency_source"])
         for rank, recs in enumerate(ranks):
             b = recs[grid]
@@ -168,8 +188,8 @@ def test_tp2_keeps_tp1_tokens(runs, family):
             gap = float((b["saliency"] - a["saliency"]).abs().max())
             assert gap <= tol, f"{where}: saliency differs from tp 1 by {gap:.2e} (values ~{a['saliency'].mean():.1e})"
             assert torch.equal(b["index"], a["index"]), f"{where}: kept indices differ from tp 1's"
-            out = prune(VideoTokens(b["features"], b["saliency"], b["grid"], b["timestamps"]))
-            assert torch.equal(out.index, b["index"]), f"{where}: not our pruner's selection"
+            assert b["chunks"] == a["chunks"], where
+            assert torch.equal(ours(b).index, b["index"]), f"{where}: not our pruner's selection"
         # the two ranks all-reduced one saliency: rank 1's equals rank 0's exactly
         assert torch.equal(ranks[1][grid]["saliency"], ranks[0][grid]["saliency"]), f"grid {grid}: ranks scored differently"
 

@@ -11,7 +11,9 @@ is Qwen3-VL's, and its hybrid LLM under tp is vLLM's code, fed as at tp 1.
 Compared, tp 2 against tp 1 on the same checkpoint and videos: the prompt ids, the greedy tokens and their top-5
 log-probs, and per video (the workers' TANGO_PRUNE_DEBUG_DIR records, both ranks) the saliency source, the saliency
 and the kept indices. Also ``mm_encoder_tp_mode="data"`` (the tower replicated, each rank encoding whole videos):
-the plugin falls back to the feature saliency, logged.
+the plugin falls back to the feature saliency, logged. And Qwen3-VL chunk by chunk (``chunk_frames`` 2): each chunk's
+saliency all-reduced alike on both ranks, so both close the stream's windows alike (without the all-reduce both of
+its tests fail: shown in a copy of the source).
 
 vLLM's CPU backend binds each worker's OpenMP threads to its own cores: on a 2-core machine tp 2 stops at start-up
 ("Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers") unless VLLM_CPU_OMP_THREADS_BIND names one

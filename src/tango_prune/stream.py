@@ -47,6 +47,10 @@ class TangoStream:
             raise ValueError(f"max_carry must be >= 1 frame, got {max_carry}")
         self.cfg, self.max_carry = cfg, max_carry
         self.held: tuple[Tensor, ...] | None = None  # features, saliency, times, extras of the open frames
+        # the open frames' consecutive similarities (T_open - 1, L) and norms (T_open, L): a push computes only the
+        # new frames' (and the pair across the boundary), not the whole open segment's again
+        self.sim: Tensor | None = None
+        self.norms: Tensor | None = None
         self.hw: tuple[int, int] | None = None
         self.sinks: list[int] | None = None
         self.source = ""
@@ -86,7 +90,13 @@ class TangoStream:
             times = chunk.timestamps.float()
         sal = self._saliency(chunk)
         new = (chunk.features, sal, times.to(chunk.features.device), *extras)
-        self.held = new if self.held is None else tuple(torch.cat([a, b]) for a, b in zip(self.held, new))
+        if self.held is None:
+            self.sim, self.norms = consecutive_similarity(chunk.features)
+            self.held = new
+        else:  # the pairs from the last open frame on; each pair's value is the one the whole video computes
+            sim, norms = consecutive_similarity(torch.cat([self.held[0][-1:], chunk.features]))
+            self.sim, self.norms = torch.cat([self.sim, sim]), torch.cat([self.norms, norms[1:]])
+            self.held = tuple(torch.cat([a, b]) for a, b in zip(self.held, new))
         self._close(final=False)
 
     def finish(self) -> Pruned:
@@ -133,7 +143,7 @@ class TangoStream:
         if self.held is None:
             return
         feats, sal, times, *extras = self.held
-        tok_sim, norms = consecutive_similarity(feats)
+        tok_sim, norms = self.sim, self.norms
         sizes = segment_frames(feats, None, self.cfg, tok_sim)
         if not final:
             sizes = sizes[:-1] if sizes[-1] <= self.max_carry else sizes  # the open segment waits for more frames
@@ -163,6 +173,7 @@ class TangoStream:
         self.n_static += n_static
         self.done += n
         self.held = None if n == T else tuple(x[n:] for x in self.held)
+        self.sim, self.norms = (None, None) if n == T else (tok_sim[n:], norms[n:])
 
 
 def prune_video_stream(chunks, cfg: TangoConfig | None = None, max_carry: int = 256, **overrides) -> Pruned:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tango_prune import VideoTokens
 from tango_prune.integrations.vllm.settings import Settings, kept_count
 from tango_prune.stream import TangoStream
-from tests.vllm_helpers import RATE
+from tests.vllm_helpers import RATE, replay_chunks
 
 GRID = (8, 8, 8)
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
@@ -61,13 +60,7 @@ def test_kept_tokens_are_the_streams(runs, family):
     """The worker kept exactly what our stream keeps when the recorded chunks are pushed in order, at the count the
     prompt reserved (the exact budget over the whole video)."""
     d = record(runs.run(family, "tango-chunked"))
-    stream = Settings("tango", {"chunk_frames": 3}).make_stream(1.0 - RATE)
-    a = 0
-    for n in d["chunks"]:
-        stream.push(VideoTokens(d["features"][a:a + n], d["saliency"][a:a + n], (n, *GRID[1:]),
-                                d["timestamps"][a:a + n]))
-        a += n
-    out = stream.finish()
+    out = replay_chunks(d, 1.0 - RATE, 3)
     assert torch.equal(out.index, d["index"]) and torch.equal(out.features, d["kept_features"])
     assert len(d["index"]) == kept_count(Settings("tango", {}), GRID[1] * GRID[2], GRID[0], 1.0 - RATE) == 51
 
@@ -102,3 +95,13 @@ def test_stream_of_settings_is_tango_at_the_exact_budget():
     stream = s.make_stream(0.25)
     assert isinstance(stream, TangoStream) and stream.max_carry == 32
     assert stream.cfg.budget == "exact" and stream.cfg.context_ratio == 0.3 and stream.cfg.retention == 0.25
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_same_video_asked_twice_gets_the_same_answer(runs, family):
+    """Asked again in the same engine (vLLM's defaults: prefix caching on, the encoder cache keyed by the media), the
+    chunked request gets the first ask's prompt, greedy tokens and top-5 log-probs exactly."""
+    v = runs.run(family, "tango-chunked")["vllm"]
+    again = v["again"]
+    assert again["prompt_token_ids"] == v["prompt_token_ids"] and again["generated"] == v["generated"]
+    assert again["top5"] == v["top5"]

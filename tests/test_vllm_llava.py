@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vllm_helpers import SCRIPTS, RunCache
+from tests.vllm_helpers import SCRIPTS, RunCache, replay_chunks
 
 SCRIPT = SCRIPTS / "check_llava.py"
 MODES = ("stock", "unset", "tango", "served", "chunked")
@@ -147,20 +147,13 @@ def test_chunked_encodes_chunk_by_chunk_and_matches_hf(runs):
     chunks it was given, and the kept set and first-token top 5 equal our HF adapter's with chunk_frames=3."""
     import torch
 
-    from tango_prune.integrations.vllm.settings import Settings
-    from tango_prune.types import VideoTokens
-
     c, t = runs["chunked"], runs["tango"]
     assert c["tower_call_frames"] == [3, 3, 2] and c["all_tower_call_frames"] == [3, 3, 2, 3, 3, 2, 3, 1]
     assert c["prompt_ids"] == t["prompt_ids"] and c["two_prompt_ids"] == t["two_prompt_ids"]
     records = [torch.load(p, weights_only=False) for p in runs["dumps"]["chunked"]]
     assert [r["chunks"] for r in records] == [[3, 3, 2], [3, 3, 2], [3, 1]]
     for r in records:
-        stream, a = Settings("tango", {"chunk_frames": 3}).make_stream(0.1), 0
-        for n in r["chunks"]:
-            stream.push(VideoTokens(r["features"][a:a + n], r["saliency"][a:a + n], (n, 4, 4)))
-            a += n
-        assert torch.equal(stream.finish().index, r["index"])
+        assert torch.equal(replay_chunks(r, 0.1, 3).index, r["index"])
     assert records[0]["index"].tolist() == c["hf_index"] and len(c["hf_index"]) == KEPT
     assert [i for i, _ in c["top5"]] == [i for i, _ in c["hf_top5"]]
     assert [v for _, v in c["top5"]] == pytest.approx([v for _, v in c["hf_top5"]], abs=1e-4)

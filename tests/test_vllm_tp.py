@@ -32,7 +32,7 @@ import torch
 
 from tango_prune import VideoTokens
 from tango_prune.integrations.vllm.settings import Settings, kept_count, make_pruner
-from tests.vllm_helpers import SCRIPTS, RunCache
+from tests.vllm_helpers import SCRIPTS, RunCache, replay_chunks
 
 RATE = 0.9
 N = 4  # requests in the one generate call: 4 grids of 2-14 frames (tests/vllm/batch_check.py SHAPES)
@@ -158,12 +158,7 @@ def ours(d: dict):
     if d["chunks"] is None:
         return make_pruner(Settings("tango", {}), 1.0 - RATE)(VideoTokens(d["features"], d["saliency"], d["grid"],
                                                                            d["timestamps"]))
-    stream, a = Settings("tango", {"chunk_frames": 2}).make_stream(1.0 - RATE), 0
-    for n in d["chunks"]:
-        stream.push(VideoTokens(d["features"][a:a + n], d["saliency"][a:a + n], (n, *d["grid"][1:]),
-                                d["timestamps"][a:a + n]))
-        a += n
-    return stream.finish()
+    return replay_chunks(d, 1.0 - RATE, 2)
 
 
 @pytest.mark.parametrize("family, variant", CASES)

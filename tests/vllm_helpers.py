@@ -315,6 +315,7 @@ class EngineRuns(RunCache):
             args = [SCRIPTS / "engine_check.py", "--family", family, "--model", self.ckpts[family], "--out", self.out(key)]
             args += ["--rate", str(RATE)] if mode not in ("stock", "off") else []
             args += ["--hf"] if self.hf(family, mode) else []
+            args += ["--twice"] if mode == "tango-chunked" else []
             env = MODES.get(mode, {"TANGO_PRUNE_METHOD": mode})
             self.start(key, args, env)
         return key
@@ -331,3 +332,18 @@ class EngineRuns(RunCache):
     def done(self, family: str, mode: str) -> Done:
         """A run that may fail (start-up errors): its exit status and output, not its JSON."""
         return self.futures[self.start_run(family, mode)].result()
+
+
+def replay_chunks(record: dict, retention: float, chunk_frames: int):
+    """What our stream keeps on a TANGO_PRUNE_DEBUG_DIR record of a video pruned chunk by chunk: its recorded
+    chunks pushed in order (the plugin's Tango settings with ``chunk_frames``)."""
+    from tango_prune import VideoTokens
+    from tango_prune.integrations.vllm.settings import Settings
+
+    stream, a = Settings("tango", {"chunk_frames": chunk_frames}).make_stream(retention), 0
+    ts = record["timestamps"]
+    for n in record["chunks"]:
+        stream.push(VideoTokens(record["features"][a:a + n], record["saliency"][a:a + n], (n, *record["grid"][1:]),
+                                None if ts is None else ts[a:a + n]))
+        a += n
+    return stream.finish()

@@ -45,13 +45,20 @@ def run_vllm(args) -> dict:
     llm = LLM(model=args.model, enforce_eager=True, max_model_len=1024, dtype=args.dtype, seed=0, max_num_seqs=1,
               limit_mm_per_prompt={"video": 1, "image": 0}, **extra)
     frames, meta = video(args.family)
-    out = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": (frames, meta)}},
-                       SamplingParams(max_tokens=4, temperature=0.0, logprobs=5))[0]
-    first = out.outputs[0].logprobs[0]
-    top = sorted(((lp.logprob, tok) for tok, lp in first.items()), reverse=True)[:5]
-    ids = list(out.prompt_token_ids)
-    return {"prompt_token_ids": ids, "video_tokens": ids.count(IDS["<|video_pad|>"]),
-            "generated": list(out.outputs[0].token_ids), "top5": [[t, lp] for lp, t in top]}
+
+    def ask() -> dict:
+        out = llm.generate({"prompt": PROMPT, "multi_modal_data": {"video": (frames, meta)}},
+                           SamplingParams(max_tokens=4, temperature=0.0, logprobs=5))[0]
+        first = out.outputs[0].logprobs[0]
+        top = sorted(((lp.logprob, tok) for tok, lp in first.items()), reverse=True)[:5]
+        ids = list(out.prompt_token_ids)
+        return {"prompt_token_ids": ids, "video_tokens": ids.count(IDS["<|video_pad|>"]),
+                "generated": list(out.outputs[0].token_ids), "top5": [[t, lp] for lp, t in top]}
+
+    result = ask()
+    if args.twice:  # the same request again: vLLM's caches (prefix, encoder) answer it this time
+        result["again"] = ask()
+    return result
 
 
 def debug_records() -> list[Path]:
@@ -113,6 +120,7 @@ def check_parser(families) -> argparse.ArgumentParser:
 def main() -> None:
     ap = check_parser(FRAME_PX)
     ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--twice", action="store_true", help="ask the same request a second time (result['vllm']['again'])")
     ap.add_argument("--dtype", default=None, help="float32, or bfloat16 for the Qwen3.5 families (DTYPE)")
     ap.add_argument("--hf-dtype", default=None, help="transformers' dtype with --hf (default: --dtype)")
     args = ap.parse_args()

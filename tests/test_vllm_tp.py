@@ -59,9 +59,12 @@ def bind_two_cores() -> str:
 
 # variants: "data" = mm_encoder_tp_mode data; "chunked" = TANGO_PRUNE_OPTIONS chunk_frames 2 (the tower a chunk at a
 # time: the ranks must all-reduce each chunk's saliency alike and close the stream's windows alike)
+# "stage" = TANGO_PRUNE_OPTIONS encoder (Qwen2.5-VL: window layers, fused norm): the computed rows' attention and MLP
+# on each rank's heads, the ranks' schedules decided on all-reduced gate states
+STAGE = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0}}'
 RUNS = [(f, tp, None) for f in FAMILIES for tp in (1, 2)] + [("qwen2_5_vl", 2, "data")] + \
-    [("qwen3_vl", tp, "chunked") for tp in (1, 2)]
-CASES = [(f, None) for f in FAMILIES] + [("qwen3_vl", "chunked")]
+    [("qwen3_vl", tp, "chunked") for tp in (1, 2)] + [("qwen2_5_vl", tp, "stage") for tp in (1, 2)]
+CASES = [(f, None) for f in FAMILIES] + [("qwen3_vl", "chunked"), ("qwen2_5_vl", "stage")]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +80,8 @@ def runs(vllm_ckpts, tmp_path_factory):
         env = {"TANGO_PRUNE_METHOD": "tango"}
         if variant == "chunked":
             env["TANGO_PRUNE_OPTIONS"] = '{"chunk_frames": 2}'
+        if variant == "stage":
+            env["TANGO_PRUNE_OPTIONS"] = STAGE
         if tp > 1:
             env["VLLM_CPU_OMP_THREADS_BIND"] = bind_two_cores()
         cache.start(key, args, env)
@@ -189,6 +194,23 @@ def test_tp2_keeps_tp1_tokens(runs, family, variant):
             assert torch.equal(ours(b).index, b["index"]), f"{where}: not our pruner's selection"
         # the two ranks all-reduced one saliency: rank 1's equals rank 0's exactly
         assert torch.equal(ranks[1][grid]["saliency"], ranks[0][grid]["saliency"]), f"grid {grid}: ranks scored differently"
+
+
+def test_encoder_stage_decides_alike_on_both_ranks(runs):
+    """The encoder stage under tp 2: each rank logs, per video, the share of tokens computed past the gate and the
+    key temporal patches; both ranks' schedules equal tp 1's, and some rows were computed beside reused ones (the
+    partial path ran on each rank's heads)."""
+    def stages(log: str) -> dict[int, list[tuple[str, str]]]:
+        out: dict[int, list] = defaultdict(list)
+        for m in re.finditer(r"\((?:Worker_TP(\d+) |[A-Za-z]+ )?pid=\d+\).*encoder stage: (\S+ x \S+ x \S+) video, (\S+) of its "
+                             r"tokens computed past the gate, (\d+) key", log):
+            out[int(m[1] or 0)].append((m[2], m[3], m[4]))
+        return dict(out)
+
+    one, two = stages(runs("qwen2_5_vl", 1, "stage")["log"]), stages(runs("qwen2_5_vl", 2, "stage")["log"])
+    assert len(one[0]) >= N and sorted(two) == [0, 1], (one, two)
+    assert two[0] == two[1] == one[0], (one, two)
+    assert any(0 < float(share) < 1 for _, share, _ in two[0]), two[0]
 
 
 def test_data_parallel_tower_falls_back_to_features(runs):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .reuse import ReuseConfig, schedule
 
 
-class _Plan:
+class StagePlan:
     """One tower call's schedule: decided at the gate from the states there, read by every later block."""
 
     def __init__(self, cfg: ReuseConfig, frames: int, computed: Tensor | None = None) -> None:
@@ -71,7 +71,7 @@ def _segments(cu: Tensor, frames: Tensor, N: int) -> Tensor:
     return F.pad(lengths[keep].cumsum(0), (1, 0)).to(torch.int32)
 
 
-def _frame_segments(cu: Tensor, N: int) -> Tensor:
+def frame_segments(cu: Tensor, N: int) -> Tensor:
     """(N,) the attention segment of each position of a temporal patch (the same in every temporal patch)."""
     cu = cu.long()
     first = cu[(cu > 0) & (cu < N)]
@@ -79,7 +79,7 @@ def _frame_segments(cu: Tensor, N: int) -> Tensor:
 
 
 class _StageBlock(nn.Module):
-    def __init__(self, block: nn.Module, index: int, plan: _Plan, rotary) -> None:
+    def __init__(self, block: nn.Module, index: int, plan: StagePlan, rotary) -> None:
         super().__init__()
         self.block, self.index, self.plan, self.rotary = block, index, plan, rotary
 
@@ -128,7 +128,7 @@ class _StageBlock(nn.Module):
         k[p.fr, p.pos], v[p.fr, p.pos] = k_r, v_r
         q = q_r.new_zeros(k.shape[0], p.width, heads, q_r.shape[-1])
         q[p.fr, p.rank] = q_r
-        seg = _frame_segments(cu, p.N)
+        seg = frame_segments(cu, p.N)
         mask = None
         if int(seg.max()) > 0:  # window attention: a query sees its own window only
             qpos = torch.zeros(k.shape[0], p.width, dtype=torch.long, device=x.device)
@@ -146,7 +146,7 @@ def reuse_blocks(visual: nn.Module, cfg: ReuseConfig, frames: int, computed: Ten
     yielded plan's ``computed`` ((frames, patches) bool: the tokens that ran past the gate) is set by the call.
     ``computed`` given replaces the gate's decision (the speed benchmark's measured pattern)."""
     rotary = sys.modules[type(visual).__module__].apply_rotary_pos_emb_vision  # the tower's own helper
-    plan = _Plan(cfg, frames, computed)
+    plan = StagePlan(cfg, frames, computed)
     stock = visual.blocks
     visual.blocks = nn.ModuleList(_StageBlock(b, i, plan, rotary) for i, b in enumerate(stock))
     try:

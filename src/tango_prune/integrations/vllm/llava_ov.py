@@ -101,6 +101,10 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         self._tango_head = None
         if settings is None:
             return
+        if settings.encoder is not None:
+            raise ValueError("tango-prune: TANGO_PRUNE_OPTIONS encoder is not supported for LLaVA-OneVision in vLLM "
+                             "yet (Qwen2.5-VL, Qwen3-VL and Qwen3.5 run it; LLaVA-OV runs it through transformers' "
+                             "apply()); drop encoder")
         self.supports_multimodal_pruning = True  # this instance only: one video per tower call (module docstring)
         self.tango_saliency, head = saliency_options(settings)
         block = self._tango_block()  # what the saliency reads of vLLM's tower: present, or start-up stops here

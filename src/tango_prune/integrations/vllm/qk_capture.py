@@ -16,15 +16,13 @@ from torch import Tensor
 
 @contextmanager
 def capture_qk(attn_op: torch.nn.Module):
-    """Capture ``query``/``key`` of the calls to ``attn_op`` (vLLM's MMEncoderAttention, called by keyword with
-    (batch, seq, heads, head_dim) tensors) made inside the ``with`` block. Yields a dict filled on exit."""
-    captured: dict[str, list[Tensor]] = {"q": [], "k": []}
+    """Capture ``query``/``key``/``value`` of the calls to ``attn_op`` (vLLM's MMEncoderAttention, called by keyword
+    with (batch, seq, heads, head_dim) tensors) made inside the ``with`` block. Yields a dict filled on exit."""
+    captured: dict[str, list[Tensor]] = {"q": [], "k": [], "v": []}
 
     def grab(module, args, kwargs):
-        q = kwargs["query"] if "query" in kwargs else args[0]
-        k = kwargs["key"] if "key" in kwargs else args[1]
-        captured["q"].append(q.detach())
-        captured["k"].append(k.detach())
+        for i, (name, short) in enumerate((("query", "q"), ("key", "k"), ("value", "v"))):
+            captured[short].append((kwargs[name] if name in kwargs else args[i]).detach())
 
     handle = attn_op.register_forward_pre_hook(grab, with_kwargs=True)
     try:

@@ -41,6 +41,7 @@ from ...models.qwen_vl import patch_times
 from . import positions
 from .qk_capture import capture_qk
 from .debug_dump import debug_dir, dump, dump_chunks
+from .encoder_stage import check_stage, encode_staged
 from .runtime import active_settings, announce, log_once, log_saliency
 from .vllm_names import require_attrs, tp_size
 from .settings import kept_count, make_pruner, read_settings
@@ -66,6 +67,7 @@ class _TangoVideoPruning:
         self._tango_pending: list[Tensor | None] | None = None
         self._tango_chunked: list[Pruned] | None = None  # chunk_frames: the videos the tower call just pruned
         self._tango_source = "none"
+        self._tango_encoder = settings.encoder  # the encoder stage (encoder_stage.py); None: the stock tower
         rate = self.video_pruning_rate
         if not self.is_multimodal_pruning_enabled:
             log_once("off", "tango-prune: %s loaded, but --video-pruning-rate is %s: videos are not pruned",
@@ -84,6 +86,8 @@ class _TangoVideoPruning:
                       "Qwen vision attention")
         # a compiled tower traces our capture hook into its graph (never tried): take the feature-only saliency
         self._tango_compiled_tower = bool(vllm_config.compilation_config.compile_mm_encoder)
+        if self._tango_encoder is not None:
+            check_stage(self)
         log_once("on", "tango-prune: %s prunes videos with %s, keeping %.4g of each video's tokens",
                  type(self).__name__, settings.describe(), self._tango_retention)
 
@@ -105,6 +109,9 @@ class _TangoVideoPruning:
             reason = "data-parallel vision tower"
         elif self._tango_compiled_tower:
             reason = "compile_mm_encoder: the vision tower is compiled"
+        if self._tango_encoder is not None and video_input["type"] == "pixel_values_videos":
+            out, self._tango_pending = encode_staged(self, video_input, reason)
+            return out
         if self.tango_prune_settings.chunk_frames:
             if video_input["type"] == "pixel_values_videos":
                 return self._tango_encode_chunked(video_input, reason)
@@ -113,25 +120,30 @@ class _TangoVideoPruning:
         out, self._tango_pending = self._tango_tower(video_input, reason)
         return out
 
-    def _tango_tower(self, video_input, reason: str | None) -> tuple[tuple[Tensor, ...], list[Tensor] | None]:
+    def _tango_tower(self, video_input, reason: str | None, plan=None) -> tuple[tuple[Tensor, ...], list[Tensor] | None]:
         """vLLM's own tower call on ``video_input`` (per-video embeddings), and each video's global-query saliency
-        (None when ``reason`` says why there is none, or the capture failed)."""
+        (None when ``reason`` says why there is none, or the capture failed). ``plan``: the encoder stage's, whose
+        last block hands over every row's queries and keys (``encoder_stage``)."""
         if reason is not None:
             self._tango_source = f"feature-distinctiveness ({reason})"
             return super()._process_video_input(video_input), None
         attn = self.visual.blocks[-1].attn
         with capture_qk(attn.attn) as cap:
             out = super()._process_video_input(video_input)
-        if len(cap["q"]) != 1:  # the tower ran in pieces we cannot align; fall back rather than guess
+        if plan is not None and plan.qk is not None:
+            q, k = plan.qk
+        elif len(cap["q"]) != 1:  # the tower ran in pieces we cannot align; fall back rather than guess
             self._tango_source = f"feature-distinctiveness (last block called {len(cap['q'])} times)"
             return out, None
+        else:
+            q, k = cap["q"][0].flatten(0, 1), cap["k"][0].flatten(0, 1)
         grid = video_input["video_grid_thw"].tolist()
         tp = tp_size(attn)
         reduce = None
         if tp > 1:
             from vllm.distributed import tensor_model_parallel_all_reduce as reduce
         saliency = global_query(
-            cap["q"][0].flatten(0, 1), cap["k"][0].flatten(0, 1), grid, self.visual.spatial_merge_size,
+            q, k, grid, self.visual.spatial_merge_size,
             order=self._tango_order(grid), all_reduce=reduce,
             total_heads=attn.num_attention_heads_per_partition * tp)
         self._tango_source = "qwen-global-query"

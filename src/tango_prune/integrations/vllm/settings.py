@@ -7,7 +7,9 @@ the count reserved and the count kept are one function of (method, grid, retenti
     TANGO_PRUNE_METHOD   a registry name (``tango_prune.list_methods()``); unset/empty: the plugin does nothing
     TANGO_PRUNE_OPTIONS  a JSON object of that method's options, plus the adapter options ``ADAPTER_OPTIONS``
                          (``chunk_frames``: Tango only, the tower encodes a video that many frames at a time and
-                         each chunk is pruned as it comes; ``max_carry``: frames of the open segment held, 256)
+                         each chunk is pruned as it comes; ``max_carry``: frames of the open segment held, 256;
+                         ``encoder``: the encoder stage in Qwen's towers, "reuse", "reuse:tau=0.9" or a dict of
+                         ``encoders.reuse.ReuseConfig`` fields, see ``encoder_stage``)
 
 The retention is ``1 - q`` with q = vLLM's own ``--video-pruning-rate`` (the share pruned).
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from ...core.budget import exact_count, fit_budget
+from ...encoders.reuse import ReuseConfig, resolve_encoder
 from ...methods import get_method, list_methods
 from ...methods.common import check_retention, saliency_of
 from ...stream import TangoStream
@@ -33,6 +36,10 @@ ADAPTER_OPTIONS = {
     "siglip_head": None,  # a local SigLIP checkpoint dir (LLaVA-OV); any string
     "chunk_frames": int,  # encode and prune each video this many frames at a time (stream.TangoStream); Tango only
     "max_carry": int,  # with chunk_frames: the most frames of the still-open segment held across chunks
+    "encoder": "stage",  # the encoder stage (encoder_stage.py): "reuse", "reuse:tau=0.9" or a dict of its fields
+    # benchmarks only: a torch file of a (temporal patches, patches) bool raster pattern that replaces the stage's
+    # gate (random weights carry no redundancy; bench/encoder.py measures the pattern on a real ViT)
+    "encoder_pattern": None,
 }
 # Keys the plugin sets itself: the retention comes from --video-pruning-rate, the budget must be exact.
 _RESERVED = ("retention",)
@@ -59,6 +66,11 @@ class Settings:
     def chunk_frames(self) -> int | None:
         """Frames per tower call when encoding chunk by chunk (None: the whole video in one call)."""
         return self.options.get("chunk_frames")
+
+    @property
+    def encoder(self) -> ReuseConfig | None:
+        """The encoder stage's settings (None: the stock tower)."""
+        return resolve_encoder(self.options.get("encoder"))
 
     def make_stream(self, retention: float) -> TangoStream:
         """A fresh ``stream.TangoStream`` for one video (``chunk_frames`` set): the method's own config, the exact
@@ -104,6 +116,12 @@ def read_settings(environ: Mapping[str, str] = os.environ) -> Settings | None:
         if key not in options:
             continue
         value = options[key]
+        if choices == "stage":
+            try:
+                resolve_encoder(value)
+            except ValueError as e:
+                raise _fail(f"{OPTIONS_VAR} option encoder={value!r} is invalid: {e}") from None
+            continue
         if choices is int:
             ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number >= 1"
         else:
@@ -118,6 +136,11 @@ def read_settings(environ: Mapping[str, str] = os.environ) -> Settings | None:
         raise _fail(f"{OPTIONS_VAR} sets max_carry without chunk_frames; add chunk_frames or drop max_carry")
     if "chunk_frames" in options and options.get("brief_frames"):
         raise _fail(f"{OPTIONS_VAR}: brief_frames is not supported with chunk_frames; drop one of them")
+    if "encoder" in options and "chunk_frames" in options:
+        raise _fail(f"{OPTIONS_VAR} sets encoder and chunk_frames: the encoder stage refers temporal patches to key "
+                    f"patches of the whole video; drop one of them")
+    if "encoder_pattern" in options and "encoder" not in options:
+        raise _fail(f"{OPTIONS_VAR} sets encoder_pattern without encoder; add encoder or drop encoder_pattern")
     settings = Settings(method, options)
     try:  # let the method judge its own options now, in the process that starts vLLM
         get_method(method)(retention=0.5, **settings.method_options)

@@ -163,6 +163,21 @@ NEEDS: tuple[Need, ...] = (
     Need(Q3 + "Qwen3_VisionTransformer.blocks", "attr", used_in="qwen"),
     Need(Q3 + "Qwen3_VisionTransformer.spatial_merge_size", "attr", used_in="qwen"),
     Need(Q3 + "Qwen3_VisionBlock.attn", "attr", used_in="qwen"),
+    # encoder_stage.py: the encoder stage's wrappers stand in for the tower's blocks (called as vLLM's towers call
+    # them) and run the blocks' own modules on the computed rows
+    *(Need(f"{cls}.forward", "exact", ("self", "x", "cu_seqlens", "rotary_pos_emb_cos", "rotary_pos_emb_sin",
+                                        "max_seqlen", "sequence_lengths"), used_in="encoder_stage")
+      for cls in (Q25 + "Qwen2_5_VisionBlock", Q3 + "Qwen3_VisionBlock")),
+    *(Need(f"{cls}.{a}", "attr", used_in="encoder_stage")
+      for cls in (Q25 + "Qwen2_5_VisionBlock", Q3 + "Qwen3_VisionBlock") for a in ("norm1", "norm2", "mlp")),
+    *(Need(Q25 + f"Qwen2_5_VisionAttention.{a}", "attr", used_in="encoder_stage")
+      for a in ("qkv", "proj", "apply_rotary_emb", "hidden_size_per_attention_head")),
+    *(Need(f"{cls}.prepare_encoder_metadata", "call", (2, "device"), used_in="encoder_stage (the key patches' metadata)")
+      for cls in (Q25 + "Qwen2_5_VisionTransformer", Q3 + "Qwen3_VisionTransformer")),
+    Need(Q25 + "Qwen2_5_VisionTransformer.fullatt_block_indexes", "attr", used_in="encoder_stage",
+         fallback="getattr default: every block full attention (Qwen3-VL's towers have no window layers)"),
+    Need(Q25 + "Qwen2_5_VisionTransformer.attn_backend", "attr", used_in="encoder_stage",
+         fallback="getattr default '': the FlashInfer refusal would not fire"),
     # qwen3_5.py: Qwen3.5 (dense, MoE) with qwen.py's Qwen3 mixin
     *_model(M + "qwen3_5:Qwen3_5ForConditionalGeneration", "qwen3_5"),
     *_model(M + "qwen3_5:Qwen3_5MoeForConditionalGeneration", "qwen3_5"),

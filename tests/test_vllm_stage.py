@@ -1,0 +1,107 @@
+"""The encoder stage inside vLLM's Qwen towers (issue 36; integrations/vllm/encoder_stage.py):
+``TANGO_PRUNE_OPTIONS='{"encoder": ...}'`` with Tango at rate 0.9.
+
+One engine per family (tests/vllm/stage_check.py) on the tiny checkpoints: Qwen2.5-VL (window layers, fused norm),
+Qwen3-VL (deepstack taps), Qwen3.5 (bfloat16). On vLLM's own tower modules, every block past the gate staged:
+repeated temporal patches = the stock tower bit for bit; tau 1 = stock; the computed rows = vLLM's stock block on
+the composite temporal patch at every block (and the last block's queries and keys, which the saliency reads); two
+videos of two sizes in one call = each alone. Through the engine: a repeated-frames video with the stage = the same
+frames without it, and a video asked twice = the first answer (vLLM's defaults: prefix caching and the encoder cache
+on). Measured: every comparison exact (0.0). A copy without the window mask fails the Qwen2.5-VL composite (block 0:
+relative 9e-5), one whose computed rows' keys are not rotated fails it in all three (keys off by 16-53). Tensor
+parallel 2 = 1 with the stage: tests/test_vllm_tp.py.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.vllm_helpers import SCRIPTS, RunCache
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5"]
+RATE = 0.9
+# random frames share little: gate after block 0, tau 0.5, and no patch promoted to key, so the engine's own requests
+# compute rows beside reused ones (the tower checks set their own schedules)
+OPTIONS = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0}}'
+
+
+@pytest.fixture(scope="module")
+def runs(vllm_ckpts, tmp_path_factory):
+    cache = RunCache(tmp_path_factory.mktemp("vllm-stage-runs"))
+    vllm_ckpts.prefetch(*FAMILIES)
+
+    def key(family: str) -> str:
+        cache.start(family, [SCRIPTS / "stage_check.py", "--family", family, "--model", vllm_ckpts[family],
+                             "--out", cache.out(family), "--rate", str(RATE)],
+                    {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": OPTIONS})
+        return family
+
+    for f in FAMILIES:
+        key(f)
+    return lambda family: cache.get(key(family))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_repeated_temporal_patches_give_the_stock_tower(runs, family):
+    rep = runs(family)["tower"]["repeated"]
+    assert rep["equal"] and rep["diff"] == 0.0, rep
+    assert rep["keys"] == 1 and rep["computed"] == 0.25, rep  # 4 temporal patches: only the key's rows computed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tau_1_is_the_stock_tower(runs, family):
+    t = runs(family)["tower"]["tau1"]
+    assert t["keys"] == 4 and t["diff"] == 0.0, t
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_computed_rows_are_the_stock_block_on_the_composite(runs, family):
+    """At every block past the gate, the rows a dependent temporal patch computes equal vLLM's stock block on the
+    composite patch (the key's input where reused, the rows' own where computed), as do the last block's queries and
+    keys the saliency reads."""
+    c = runs(family)["tower"]["composite"]
+    assert c["rows"] == 128 and len(c["block_rel_diff"]) >= 2, c
+    assert max(c["block_rel_diff"]) <= 1e-6 and c["q_diff"] <= 1e-6 and c["k_diff"] <= 1e-6, c
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_videos_in_one_call_equal_each_alone(runs, family):
+    b = runs(family)["tower"]["batch"]
+    assert b["rows_diff"] == 0.0 and b["saliency_diff"] == 0.0, b
+
+
+def same_answer(a: dict, b: dict) -> None:
+    assert a["prompt_token_ids"] == b["prompt_token_ids"] and a["generated"] == b["generated"]
+    assert a["top5"] == b["top5"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_served_repeated_frames_answer_as_without_the_stage(runs, family):
+    res = runs(family)
+    same_answer(res["repeated"], res["repeated_off"])
+    assert res["repeated"]["prompt_token_ids"].count(262) == 51  # pruned: Tango's count for 8 x 8 x 8 at rate 0.9
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_served_video_asked_twice_gets_the_same_answer(runs, family):
+    """The stage ran on the engine's own requests with rows computed beside reused ones (its log line per video),
+    and the same video asked again (caches on) gets the first answer exactly."""
+    res = runs(family)
+    same_answer(res["random"], res["random_again"])
+    shares = [float(s) for s in re.findall(r"encoder stage: 8 x 16 x 16 video, (\S+) of its tokens computed", res["log"])]
+    assert shares and all(0 < s < 1 for s in shares), shares
+
+
+def test_bad_encoder_options_stop_startup_in_one_line():
+    from tango_prune.integrations.vllm.settings import read_settings
+
+    for opts, needle in [('{"encoder": "nope"}', "encoder='nope' is invalid"),
+                         ('{"encoder": {"tau": 2}}', "tau must be a cosine similarity"),
+                         ('{"encoder": "reuse", "chunk_frames": 4}', "encoder and chunk_frames"),
+                         ('{"encoder_pattern": "p.pt"}', "encoder_pattern without encoder")]:
+        with pytest.raises(ValueError, match=needle) as info:
+            read_settings({"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": opts})
+        assert "\n" not in str(info.value)
+    s = read_settings({"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": '{"encoder": "reuse:tau=0.9"}'})
+    assert s.encoder.tau == 0.9 and s.encoder.gate_layer == 2 and s.method_options == {"budget": "exact"}

@@ -26,7 +26,7 @@ from pathlib import Path
 from .archs import ARCHS as HF_ARCHS
 
 # the shapes both engines can time (bench/archs.py holds the public configs)
-ARCHS = {name: (HF_ARCHS[name][2], HF_ARCHS[name][1]) for name in ("qwen2.5-vl-3b", "qwen2.5-vl-7b")}
+ARCHS = {name: (HF_ARCHS[name][2], HF_ARCHS[name][1]) for name in ("qwen2.5-vl-3b", "qwen2.5-vl-7b", "qwen3-vl-8b")}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>"]
 PROMPT = ("<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens in this video?<|im_end|>\n"
@@ -55,7 +55,9 @@ def build(arch: str, out: Path, px: int) -> Path:
     text, vision = ARCHS[arch]
     tok = byte_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
-    half = text["hidden_size"] // text["num_attention_heads"] // 2
+    half = text.get("head_dim", text["hidden_size"] // text["num_attention_heads"]) // 2
+    if HF_ARCHS[arch][0] == "qwen3":
+        return _build_qwen3(text, vision, tok, ids, half, out, px)
     cfg = tf.Qwen2_5_VLConfig(
         text_config=dict(text, max_position_embeddings=32768, bos_token_id=ids["<|endoftext|>"],
                          eos_token_id=ids["<|im_end|>"], rope_parameters={
@@ -71,6 +73,36 @@ def build(arch: str, out: Path, px: int) -> Path:
     proc = tf.Qwen2_5_VLProcessor(
         image_processor=tf.Qwen2VLImageProcessor(min_pixels=px * px, max_pixels=px * px, size=size),
         video_processor=tf.Qwen2VLVideoProcessor(size=size, do_sample_frames=False), tokenizer=tok)
+    proc.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _build_qwen3(text: dict, vision: dict, tok, ids: dict, half: int, out: Path, px: int) -> Path:
+    """Qwen3-VL: interleaved M-RoPE (Qwen3-VL-8B's sections), frames of px x px (px a multiple of 32)."""
+    import transformers as tf
+
+    if px % 32:
+        raise ValueError(f"--px must be a multiple of 32 for Qwen3-VL (16-pixel patches, 2 x 2 merge), got {px}")
+    rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_interleaved": True,
+            "mrope_section": [half * 3 // 8, half * 5 // 16, half - half * 3 // 8 - half * 5 // 16]}
+    cfg = tf.Qwen3VLConfig(
+        text_config=dict(text, max_position_embeddings=32768, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], rope_parameters=rope),
+        vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    cfg.architectures = ["Qwen3VLForConditionalGeneration"]
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(out)
+    half_norm = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    proc = tf.Qwen3VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(size={"shortest_edge": px * px, "longest_edge": px * px},
+                                                 patch_size=16, **half_norm),
+        # no resizing: the budget over all frames is far above any bench video's pixels
+        video_processor=tf.Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 1024 * px * px},
+                                                 patch_size=16, do_sample_frames=False, **half_norm),
+        tokenizer=tok)
     proc.save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -95,13 +95,27 @@ def _bench_encoder(args) -> int:
     from ..encoders.reuse import resolve_encoder
     from ..video import SAMPLE_CLIPS
 
-    if args.engine != "hf" or args.llm_stage is not None or len(args.frames) != 1 or len(args.retention) != 1:
-        raise UsageError("--encoder runs on --engine hf, without --llm-stage, with one --frames and one --retention")
+    if args.llm_stage is not None or args.concurrency or len(args.frames) != 1 or len(args.retention) != 1:
+        raise UsageError("--encoder runs without --llm-stage or --concurrency, with one --frames and one --retention")
     clips = [c for c in args.clips.split(",") if c]
     bad = [c for c in clips if c not in SAMPLE_CLIPS]
     if not clips or bad:
         raise UsageError(f"--clips takes names among {', '.join(SAMPLE_CLIPS)}; got {args.clips!r}")
     cfgs = [resolve_encoder(e) for e in args.encoder]
+    if args.engine == "vllm":
+        from ..bench import vllm_encoder
+
+        try:
+            vllm_encoder.grid_side(args.arch, args.px)
+        except ValueError as e:
+            raise UsageError(f"--engine vllm --encoder: {e}") from None
+        result = vllm_encoder.drive(args.arch, args.frames[0], args.px, clips, cfgs, args.retention[0], args.repeats,
+                                    args.vllm_python, progress=not args.quiet)
+        print(vllm_encoder.format_table(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(result, engine="vllm"), indent=1))
+            print(f"wrote {args.json}")
+        return 0
     result = encoder.run(args.arch, args.frames[0], clips, cfgs, args.retention[0], args.repeats,
                          parse_dtype(args.dtype, args.device), progress=not args.quiet, device=args.device)
     print(encoder.format_table(result))
@@ -190,7 +204,7 @@ def register(sub) -> None:
                    help="also run each method with the stage inside the LLM (default preset llava-video: layer 18, "
                         "keep 0.5), its pre-LLM retention raised so the mean over the layers is --retention")
     e.add_argument("--engine", default="hf", choices=["hf", "vllm"],
-                   help="hf: this process, stage by stage; vllm: whole requests through vLLM (qwen2.5-vl-3b/7b)")
+                   help="hf: this process, stage by stage; vllm: whole requests through vLLM (qwen2.5-vl-3b/7b, qwen3-vl-8b)")
     e.add_argument("--vllm-python", default=".venv-vllm/bin/python", help="the vLLM venv's python (--engine vllm)")
     e.add_argument("--px", type=int, default=336, help="frame side in pixels (--engine vllm)")
     e.add_argument("--concurrency", type=ints_arg, metavar="C1,C2,...",

@@ -43,21 +43,23 @@ def check_stage(model) -> None:
         why = "the FlashInfer vision attention backend (its cu_seqlens are not segment offsets); pick another with --mm-encoder-attn-backend"
     if why:
         raise ValueError(f"tango-prune: TANGO_PRUNE_OPTIONS encoder is not supported with {why}; drop encoder")
+    # a measured pattern replacing the gate (benchmarks): a path to a (temporal patches, patches) raster
+    model._tango_encoder_pattern = model.tango_prune_settings.options.get("encoder_pattern")
 
 
 def encode_staged(model, video_input, reason: str | None) -> tuple[tuple[Tensor, ...], list[Tensor] | None]:
     """``_process_video_input`` with the stage: each video alone through vLLM's tower (``model._tango_tower`` on a
     one-video sub-input) inside ``stage_blocks``. Returns each video's rows and saliency (None: no saliency)."""
     grid, pixels = video_input["video_grid_thw"], video_input["pixel_values_videos"]
-    cfg, opts = model._tango_encoder, model.tango_prune_settings.options
+    cfg, pattern = model._tango_encoder, getattr(model, "_tango_encoder_pattern", None)
     tp = tp_size(model.visual.blocks[-1].attn)
     out, sal, row = [], [], 0
     for t, h, w in grid.tolist():
         sub = {"type": "pixel_values_videos", "pixel_values_videos": pixels[row:row + t * h * w],
                "video_grid_thw": grid.new_tensor([[t, h, w]])}
         given = None
-        if opts.get("encoder_pattern"):
-            raster = torch.load(opts["encoder_pattern"]).bool()
+        if pattern:
+            raster = torch.load(pattern).bool()
             if tuple(raster.shape) != (t, h * w):
                 raise ValueError(f"tango-prune: encoder_pattern is {tuple(raster.shape)}, the video ({t}, {h * w})")
             given = raster[:, tower_rows(model.visual, h, w)].to(pixels.device)

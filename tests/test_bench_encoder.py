@@ -53,7 +53,9 @@ def test_qwen_rows_follow_the_pattern_of_temporal_patches(tiny, tmp_path):
     (["--encoder", "warp"], "encoder must be"),
     (["--encoder", "reuse:tau=2"], "tau"),
     (["--encoder", "reuse", "--clips", "nosuch"], "--clips takes names"),
-    (["--encoder", "reuse", "--engine", "vllm"], "--engine hf"),
+    (["--encoder", "reuse", "--engine", "vllm"], "--arch must be one of"),
+    (["--arch", "qwen2.5-vl-7b", "--encoder", "reuse", "--engine", "vllm", "--px", "330"], "multiple of 28"),
+    (["--encoder", "reuse", "--engine", "vllm", "--concurrency", "2"], "--concurrency"),
     (["--encoder", "reuse", "--frames", "4,8"], "one --frames"),
     (["--encoder", "reuse", "--retention", "0.1,0.2"], "one --retention"),
 ])

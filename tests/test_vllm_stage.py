@@ -2,7 +2,8 @@
 ``TANGO_PRUNE_OPTIONS='{"encoder": ...}'`` with Tango at rate 0.9.
 
 One engine per family (tests/vllm/stage_check.py) on the tiny checkpoints: Qwen2.5-VL (window layers, fused norm),
-Qwen3-VL (deepstack taps), Qwen3.5 (bfloat16). On vLLM's own tower modules, every block past the gate staged:
+Qwen3-VL (deepstack taps), Qwen3.5 (bfloat16), and LLaVA-OV's SigLIP (a frame for a temporal patch;
+tests/vllm/stage_check_llava.py). On vLLM's own tower modules, every block past the gate staged:
 repeated temporal patches = the stock tower bit for bit; tau 1 = stock; the computed rows = vLLM's stock block on
 the composite temporal patch at every block (and the last block's queries and keys, which the saliency reads); two
 videos of two sizes in one call = each alone. Through the engine: a repeated-frames video with the stage = the same
@@ -13,9 +14,11 @@ parallel 2 = 1 with the stage: tests/test_vllm_tp.py.
 """
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
+import torch
 
 from tests.vllm_helpers import SCRIPTS, RunCache
 
@@ -37,9 +40,56 @@ def runs(vllm_ckpts, tmp_path_factory):
                     {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": OPTIONS})
         return family
 
+    def key_llava() -> str:
+        cache.start("llava_ov", [SCRIPTS / "stage_check_llava.py", vllm_ckpts["llava_ov"], cache.out("llava_ov")],
+                    {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": OPTIONS})
+        return "llava_ov"
+
+    def key_bench() -> str:  # bench/vllm_encoder.py's engine side on the tiny Qwen2.5-VL: two given patterns
+        spec = cache.root / "bench-spec.json"
+        if not spec.exists():
+            stages = []
+            for i, share in enumerate((0.5, 1.0)):
+                pattern = torch.rand(8, 256, generator=torch.Generator().manual_seed(i)) < share
+                pattern[0] = True
+                torch.save(pattern, cache.root / f"pattern-{i}.pt")
+                stages.append({"label": f"p{i}", "encoder": {"tau": 0.95, "gate_layer": 0, "key_share": 0.5},
+                               "pattern": str(cache.root / f"pattern-{i}.pt"), "computed": float(pattern.float().mean())})
+            spec.write_text(json.dumps({"frames": 16, "px": 224, "rate": RATE, "repeats": 1, "stages": stages}))
+        cache.start("bench", ["-m", "tango_prune.bench.vllm_encoder", "time", vllm_ckpts["qwen2_5_vl"], spec,
+                              "--json", cache.out("bench")])
+        return "bench"
+
     for f in FAMILIES:
         key(f)
-    return lambda family: cache.get(key(family))
+    key_llava()
+    key_bench()
+    return lambda family: cache.get({"llava_ov": key_llava, "bench": key_bench}.get(family, lambda: key(family))())
+
+
+@pytest.fixture(scope="module")
+def llava(runs):
+    return runs("llava_ov")
+
+
+def test_llava_repeated_frames_and_tau_1_give_the_stock_tower(llava):
+    """LLaVA-OV's SigLIP (encoder_stage_llava.py): every frame alike, only the key frame computes, and the tower's
+    output is stock; tau 1 keeps every frame a key frame: stock."""
+    rep, tau1 = llava["tower"]["repeated"], llava["tower"]["tau1"]
+    assert rep["diff"] == 0.0 and rep["keys"] == 1 and rep["computed"] == 0.25, rep
+    assert tau1["diff"] == 0.0 and tau1["keys"] == 4, tau1
+
+
+def test_llava_computed_rows_are_the_stock_layer_on_the_composite(llava):
+    c = llava["tower"]["composite"]
+    assert c["rows"] == 32 and len(c["layer_rel_diff"]) >= 2 and max(c["layer_rel_diff"]) <= 1e-6, c
+
+
+def test_llava_batch_and_served_answers(llava):
+    """Two videos of two lengths in one call = each alone; served, repeated frames answer as without the stage and a
+    video asked twice gets its first answer."""
+    assert llava["tower"]["batch"]["rows_diff"] == 0.0, llava["tower"]["batch"]
+    assert llava["repeated"] == llava["repeated_off"] and llava["random"] == llava["random_again"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -105,3 +155,15 @@ def test_bad_encoder_options_stop_startup_in_one_line():
         assert "\n" not in str(info.value)
     s = read_settings({"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": '{"encoder": "reuse:tau=0.9"}'})
     assert s.encoder.tau == 0.9 and s.encoder.gate_layer == 2 and s.method_options == {"budget": "exact"}
+
+
+def test_bench_engine_side_switches_the_stage_per_request(runs):
+    """``bench --engine vllm --encoder``'s engine side (bench/vllm_encoder.py) on the tiny Qwen2.5-VL: Tango alone and
+    two given patterns alternating in one engine; the stage ran exactly on the stage requests, on the given patterns
+    (their computed shares in the engine's log: warm-up, then one per stage request), never on Tango's."""
+    res = runs("bench")
+    assert [r["label"] for r in res["rows"]] == ["tango", "p0", "p1"] and res["prompt_tokens"] > 0
+    assert len(res["rows"][0]["ttft_all_s"]) == 3 and all(r["vs_tango"] > 0 for r in res["rows"])
+    shares = [float(s) for s in re.findall(r"encoder stage: 8 x 16 x 16 video, (\S+) of its tokens", res["log"])]
+    want = [r["computed"] for r in res["rows"][1:]]
+    assert shares == pytest.approx([want[0], *want], abs=1e-4), (shares, want)

@@ -94,7 +94,9 @@ def time_stage(ckpt: str, spec: dict) -> dict:
     # apply_model sends a function to the engine's worker process: vLLM refuses that unless pickling is allowed
     # (this engine is local to this process and serves nothing else)
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-    llm = LLM(**engine_kwargs(ckpt, "tango", spec["rate"]), gpu_memory_utilization=0.5)
+    # 4k context: every request is pruned (~200 prompt tokens); Qwen3-VL-8B's KV cache for 32k would not fit beside its
+    # weights in 24 GB
+    llm = LLM(**engine_kwargs(ckpt, "tango", spec["rate"], max_model_len=4096), gpu_memory_utilization=0.5)
     params = SamplingParams(max_tokens=1, temperature=0.0)
     rng = np.random.default_rng(0)
     frames, px = spec["frames"], spec["px"]

@@ -36,6 +36,7 @@ from ...types import Pruned, VideoTokens
 from .debug_dump import debug_dir, dump, dump_chunks
 from .runtime import announce, log_saliency
 from .vllm_names import require_attrs, tp_size
+from .encoder_stage_llava import stage_layers
 from .settings import Settings, kept_count, make_pruner, read_settings
 
 logger = init_logger("vllm.tango_prune")
@@ -101,10 +102,8 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         self._tango_head = None
         if settings is None:
             return
-        if settings.encoder is not None:
-            raise ValueError("tango-prune: TANGO_PRUNE_OPTIONS encoder is not supported for LLaVA-OneVision in vLLM "
-                             "yet (Qwen2.5-VL, Qwen3-VL and Qwen3.5 run it; LLaVA-OV runs it through transformers' "
-                             "apply()); drop encoder")
+        # the encoder stage (encoder_stage_llava.py); a measured pattern may replace its gate (benchmarks)
+        self._tango_encoder, self._tango_encoder_pattern = settings.encoder, settings.options.get("encoder_pattern")
         self.supports_multimodal_pruning = True  # this instance only: one video per tower call (module docstring)
         self.tango_saliency, head = saliency_options(settings)
         block = self._tango_block()  # what the saliency reads of vLLM's tower: present, or start-up stops here
@@ -131,7 +130,7 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
             frames, flat = [pixels.shape[1]] * pixels.shape[0], pixels.flatten(0, 1)
         else:
             frames, flat = [v.shape[0] for v in pixels], torch.cat(list(pixels))
-        feats, sal = self._tango_encode(flat)
+        feats, sal = self._tango_encode(flat) if self._tango_encoder is None else self._tango_encode_staged(pixels)
         side = math.isqrt(feats.shape[1])  # the pooled grid is square: ceil(patches per side / 2)
         out = []
         for f, s in zip(feats.split(frames), [None] * len(frames) if sal is None else sal.split(frames)):
@@ -159,6 +158,23 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         if seen is not None:
             dump_chunks(seen, kept, self._tango_source(), self._tango_retention)
         return torch.cat([kept.features, self.image_newline[None].to(kept.features)])
+
+    def _tango_encode_staged(self, videos) -> tuple[Tensor, Tensor | None]:
+        """``_tango_encode`` with the encoder stage, one video per tower call (a frame must never refer to another
+        video's key frame); the videos' rows and saliency joined as the whole call's."""
+        encoder = self.vision_tower.vision_model.encoder
+        tp = tp_size(self._tango_block().self_attn, "SiglipAttention")
+        feats, sals = [], []
+        for frames in videos:
+            given = None if self._tango_encoder_pattern is None else torch.load(self._tango_encoder_pattern)
+            with stage_layers(encoder, self._tango_encoder, tp, given) as plan:
+                f, s = self._tango_encode(frames)
+            share = 1.0 if plan.computed is None else float(plan.computed.float().mean())
+            logger.info("tango-prune: encoder stage: %d frames, %.4f of their tokens computed past the gate, %d key "
+                        "frames", frames.shape[0], share, frames.shape[0] if plan.computed is None else plan.key.numel())
+            feats.append(f)
+            sals.append(s)
+        return torch.cat(feats), None if any(s is None for s in sals) else torch.cat(sals)
 
     def _tango_encode(self, pixels: Tensor) -> tuple[Tensor, Tensor | None]:
         """(N, C, H, W) frames -> stock pooled projected features (N, L, D) and pooled saliency (N, L) or None.

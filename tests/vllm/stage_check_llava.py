@@ -46,7 +46,7 @@ def tower_checks(model) -> dict:
     def run(px, cfg=None, given=None):
         if cfg is None:
             return tower(px, feature_select_strategy=strategy), None
-        with stage_layers(encoder, cfg, 1, given) as plan:
+        with stage_layers(encoder, cfg, px.shape[0], 1, given) as plan:
             return tower(px, feature_select_strategy=strategy), plan
 
     def diff(a, b):
@@ -65,7 +65,7 @@ def tower_checks(model) -> dict:
         given = torch.ones(2, N, dtype=torch.bool)
         given[1] = torch.arange(N) % 2 == 0
         seen = []
-        with stage_layers(encoder, ReuseConfig(gate_layer=0), 1, given) as plan:
+        with stage_layers(encoder, ReuseConfig(gate_layer=0), 2, 1, given) as plan:
             hooks = [layer.register_forward_hook(lambda m, a, o: seen.append((a[0].clone(), o[0].clone())))
                      for layer in encoder.layers]
             tower(two, feature_select_strategy=strategy)

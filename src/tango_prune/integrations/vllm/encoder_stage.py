@@ -40,7 +40,8 @@ def check_stage(model) -> None:
     elif model._tango_compiled_tower:
         why = "a compiled vision tower (compile_mm_encoder): the stage swaps the tower's blocks per call"
     elif "FLASHINFER" in str(getattr(visual, "attn_backend", "")):
-        why = "the FlashInfer vision attention backend (its cu_seqlens are not segment offsets); pick another with --mm-encoder-attn-backend"
+        why = ("the FlashInfer vision attention backend (its cu_seqlens are not segment offsets); pick another "
+               "with --mm-encoder-attn-backend")
     if why:
         raise ValueError(f"tango-prune: TANGO_PRUNE_OPTIONS encoder is not supported with {why}; drop encoder")
     # a measured pattern replacing the gate (benchmarks): a path to a (temporal patches, patches) raster
@@ -74,21 +75,45 @@ def encode_staged(model, video_input, reason: str | None) -> tuple[tuple[Tensor,
     return tuple(out), None if any(s is None for s in sal) else sal
 
 
-class VllmStagePlan(StagePlan):
+class AgreedPlan(StagePlan):
+    """A schedule every tensor-parallel rank decides alike: from the gate states all-reduced (and divided by the
+    world size), as the saliency is, so that every rank reuses the same tokens."""
+
+    def __init__(self, cfg: ReuseConfig, frames: int, tp: int, computed: Tensor | None = None) -> None:
+        super().__init__(cfg, frames, computed)
+        self.tp = tp
+
+    def decide(self, gate: Tensor) -> None:
+        if self.tp > 1:
+            from vllm.distributed import tensor_model_parallel_all_reduce
+
+            gate = tensor_model_parallel_all_reduce(gate.clone()) / self.tp
+        super().decide(gate)
+
+
+@contextmanager
+def wrapped(owner: nn.Module, attr: str, wrap):
+    """Within the block ``owner.<attr>`` (a module list: a tower's blocks) is ``[wrap(module, i), ...]`` on this
+    instance; restored on exit. The tower's own forward then calls the wrappers."""
+    stock = getattr(owner, attr)
+    setattr(owner, attr, nn.ModuleList(wrap(m, i) for i, m in enumerate(stock)))
+    try:
+        yield
+    finally:
+        setattr(owner, attr, stock)
+
+
+class VllmStagePlan(AgreedPlan):
     """One video's schedule plus what vLLM's blocks need for the key temporal patches alone."""
 
     def __init__(self, cfg: ReuseConfig, visual: nn.Module, grid: tuple[int, int, int], tp: int,
                  computed: Tensor | None = None) -> None:
-        super().__init__(cfg, grid[0], computed)
-        self.visual, self.grid, self.tp = visual, grid, tp
+        super().__init__(cfg, grid[0], tp, computed)
+        self.visual, self.grid = visual, grid
         self.depth = len(visual.blocks)
         self.qk: tuple[Tensor, Tensor] | None = None  # the last block's (rows, heads, d) queries and keys
 
     def decide(self, gate: Tensor) -> None:
-        if self.tp > 1:  # one schedule on every rank: decided from the same (all-reduced) numbers
-            from vllm.distributed import tensor_model_parallel_all_reduce
-
-            gate = tensor_model_parallel_all_reduce(gate.clone()) / self.tp
         super().decide(gate)
         _, h, w = self.grid
         dev = gate.device
@@ -186,12 +211,8 @@ def stage_blocks(visual: nn.Module, cfg: ReuseConfig, grid: tuple[int, int, int]
     yielded plan's ``computed`` ((t, patches) bool, tower row order) is set by the call. ``computed`` given replaces
     the gate's decision (the speed benchmark's measured pattern)."""
     plan = VllmStagePlan(cfg, visual, grid, tp, computed)
-    stock = visual.blocks
-    visual.blocks = nn.ModuleList(_VllmStageBlock(b, i, plan) for i, b in enumerate(stock))
-    try:
+    with wrapped(visual, "blocks", lambda block, i: _VllmStageBlock(block, i, plan)):
         yield plan
-    finally:
-        visual.blocks = stock
 
 
 def tower_rows(visual: nn.Module, h: int, w: int) -> Tensor:

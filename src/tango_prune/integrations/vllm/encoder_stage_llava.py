@@ -16,46 +16,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...encoders.reuse import ReuseConfig, _given, schedule
+from ...encoders.reuse import ReuseConfig
+from .encoder_stage import AgreedPlan, wrapped
 from .qk_capture import capture_qk
 
 
-class FramePlan:
-    """One video's schedule: decided at the gate from the (T, N, D) states there, read by every later layer."""
-
-    def __init__(self, cfg: ReuseConfig, tp: int, computed: Tensor | None = None) -> None:
-        self.cfg, self.tp, self.given = cfg, tp, computed
-        self.computed: Tensor | None = None
-
-    def decide(self, gate: Tensor) -> None:
-        if self.tp > 1:  # one schedule on every rank: decided from the same (all-reduced) numbers
-            from vllm.distributed import tensor_model_parallel_all_reduce
-
-            gate = tensor_model_parallel_all_reduce(gate.clone()) / self.tp
-        T, N, _ = gate.shape
-        if self.given is not None:
-            ref, c = _given(self.given, T, N, 0, gate.device)
-        else:
-            ref, c = schedule(gate, self.cfg.tau, 0, self.cfg.key_share)
-        self.T, self.N, self.computed = T, N, c
-        ar = torch.arange(T)
-        self.key = (ref == ar).nonzero().squeeze(1)
-        self.dep = ((ref != ar) & c.any(1).cpu()).nonzero().squeeze(1)
-        slot = torch.full((T,), -1, dtype=torch.long)
-        slot[self.key] = torch.arange(self.key.numel())
-        self.src = slot[ref]
-        m = c[self.dep]
-        self.fr, self.pos = m.nonzero(as_tuple=True)
-        self.rank = m.long().cumsum(1)[self.fr, self.pos] - 1
-        self.width = int(m.sum(1).max()) if self.dep.numel() else 0
-
-
 class _StageLayer(nn.Module):
-    def __init__(self, layer: nn.Module, index: int, plan: FramePlan) -> None:
+    def __init__(self, layer: nn.Module, index: int, plan: AgreedPlan) -> None:
         super().__init__()
         self.layer, self.index, self.plan = layer, index, plan
 
@@ -73,7 +43,7 @@ class _StageLayer(nn.Module):
         if self.index < p.cfg.gate_layer:
             return self.layer(hidden_states)
         if p.computed is None:
-            p.decide(hidden_states)
+            p.decide(hidden_states.flatten(0, 1))  # (T * N, D): a frame for a temporal patch
         if p.key.numel() == p.T:  # every frame a key frame: the stock layer
             return self.layer(hidden_states)
         key = p.key.to(hidden_states.device)
@@ -107,13 +77,9 @@ class _StageLayer(nn.Module):
 
 
 @contextmanager
-def stage_layers(encoder: nn.Module, cfg: ReuseConfig, tp: int, computed: Tensor | None = None):
-    """Within the block, ``encoder`` (vLLM's SigLIP encoder) runs one video's frames with the stage; the yielded
-    plan's ``computed`` ((T, N) bool) is set by the call. ``computed`` given replaces the gate's decision."""
-    plan = FramePlan(cfg, tp, computed)
-    stock = encoder.layers
-    encoder.layers = nn.ModuleList(_StageLayer(layer, i, plan) for i, layer in enumerate(stock))
-    try:
+def stage_layers(encoder: nn.Module, cfg: ReuseConfig, frames: int, tp: int, computed: Tensor | None = None):
+    """Within the block, ``encoder`` (vLLM's SigLIP encoder) runs one video of ``frames`` frames with the stage; the
+    yielded plan's ``computed`` ((frames, N) bool) is set by the call. ``computed`` given replaces the gate."""
+    plan = AgreedPlan(cfg, frames, tp, computed)
+    with wrapped(encoder, "layers", lambda layer, i: _StageLayer(layer, i, plan)):
         yield plan
-    finally:
-        encoder.layers = stock

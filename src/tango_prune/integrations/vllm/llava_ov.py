@@ -167,7 +167,7 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         feats, sals = [], []
         for frames in videos:
             given = None if self._tango_encoder_pattern is None else torch.load(self._tango_encoder_pattern)
-            with stage_layers(encoder, self._tango_encoder, tp, given) as plan:
+            with stage_layers(encoder, self._tango_encoder, frames.shape[0], tp, given) as plan:
                 f, s = self._tango_encode(frames)
             share = 1.0 if plan.computed is None else float(plan.computed.float().mean())
             logger.info("tango-prune: encoder stage: %d frames, %.4f of their tokens computed past the gate, %d key "

@@ -206,6 +206,11 @@ NEEDS: tuple[Need, ...] = (
     *(Need(M + f"siglip:SiglipEncoderLayer.{a}", "attr", used_in="llava_ov, models.saliency (require_attrs)")
       for a in ("self_attn", "layer_norm1")),
     Need(M + "siglip:SiglipEncoder.layers", "attr", used_in="llava_ov"),
+    # encoder_stage_llava.py: wrappers stand in for the encoder's layers, called as SiglipEncoder.forward calls them
+    Need(M + "siglip:SiglipEncoderLayer.forward", "exact", ("self", "hidden_states"), used_in="encoder_stage_llava"),
+    *(Need(M + f"siglip:SiglipEncoderLayer.{a}", "attr", used_in="encoder_stage_llava")
+      for a in ("layer_norm2", "mlp")),
+    *(Need(M + f"siglip:SiglipAttention.{a}", "attr", used_in="encoder_stage_llava") for a in ("out_proj", "attn")),
     Need(M + "siglip:SiglipVisionTransformer.encoder", "attr", used_in="llava_ov"),
     Need(M + "siglip:SiglipVisionModel.vision_model", "attr", used_in="llava_ov"),
 )

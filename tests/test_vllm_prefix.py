@@ -27,8 +27,10 @@ LOGPROB_TOL, BF16_TOL = 1e-4, 2e-2  # as tests/test_vllm_batch.py: stock vLLM's 
 SHAPES = ["image", "image+video", "two videos", "one frame", "long video"]
 # (family, method, scenarios): every engine run of the module, submitted when the module starts
 # Qwen2.5-VL's keep-all runs are in bfloat16 (where its positions past 256 need the exact channels) and add the slow
-# video; Qwen3-VL's in fp32
-KEEP_ALL = {"qwen2_5_vl": "shapes,slow", "qwen3_vl": "shapes"}
+# video. Qwen3-VL's (fp32, every shape) left CI for its 20-minute budget (2026-12-06): its keep-all = stock on one
+# video stays in tests/test_vllm.py, and its pruned shapes are still asked twice here; run it by hand with
+# KEEP_ALL["qwen3_vl"] = "shapes"
+KEEP_ALL = {"qwen2_5_vl": "shapes,slow"}
 # Qwen3.5 (bfloat16 on CPU, the slowest engine) skips the aborted-copy scenario: where its hits end is vLLM's choice
 TANGO_SCENARIOS = {"qwen3_5": "again,chat,together,shapes"}
 RUNS = [(f, "tango", TANGO_SCENARIOS.get(f)) for f in FAMILIES] + \

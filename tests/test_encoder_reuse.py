@@ -118,7 +118,8 @@ def test_a_batch_of_videos_answers_as_each_video_alone(model):
 
 @pytest.mark.parametrize("spec,match", [("warp", "encoder must be"), ("reuse:tau=2", "tau"), ("reuse:depth=1", "options"),
                                         ({"gate_layer": -1}, "gate_layer"), ("reuse:tau=x", "number"),
-                                        ({"key_share": 1.5}, "key_share"), (3, "encoder must be")])
+                                        ({"key_share": 1.5}, "key_share"), (3, "encoder must be"),
+                                        ("reuse:halo=-1", "halo"), ({"halo": 0.5}, "halo")])
 def test_bad_encoder_options_name_the_argument(model, spec, match):
     with pytest.raises(ValueError, match=match):
         apply(model, "tango", 0.1, encoder=spec)
@@ -135,21 +136,58 @@ def test_a_given_pattern_must_fit_the_video(model):
     assert computed[0].all() and computed[2].sum() == 10 and not computed[[1, 3]].any()
 
 
+def dilated(change, halo, side):
+    """Reference for the halo: a patch runs when any changed patch lies within ``halo`` rows and columns (loops)."""
+    c = change.view(side, side)
+    return torch.tensor([[bool(c[max(0, i - halo):i + halo + 1, max(0, j - halo):j + halo + 1].any())
+                          for j in range(side)] for i in range(side)]).flatten()
+
+
 @settings(max_examples=40, deadline=None)
-@given(T=st.integers(1, 6), N=st.integers(2, 12), tau=st.floats(-0.5, 1.0), share=st.floats(0.0, 1.0),
-       prefix=st.integers(0, 1), seed=st.integers(0, 10_000))
-def test_schedule_invariants(T, N, tau, share, prefix, seed):
+@given(T=st.integers(1, 6), side=st.integers(1, 4), tau=st.floats(-0.5, 1.0), share=st.floats(0.0, 1.0),
+       prefix=st.integers(0, 1), halo=st.integers(0, 2), seed=st.integers(0, 10_000))
+def test_schedule_invariants(T, side, tau, share, prefix, halo, seed):
+    N = prefix + side * side
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(1, N, 4, generator=g)
     gate = base + 0.7 * torch.randn(T, N, 4, generator=g) * (torch.rand(T, N, 1, generator=g) < 0.4)
-    ref, computed = reuse.schedule(gate, tau, prefix, share)
+    ref, computed = reuse.schedule(gate, tau, prefix, share, halo)
     keys = ref == torch.arange(T)
     assert keys[0] and bool((ref <= torch.arange(T)).all()) and bool(keys[ref].all())  # refs are earlier key frames
     assert computed[keys].all()
     for t in (~keys).nonzero().flatten().tolist():
         sim = torch.nn.functional.cosine_similarity(gate[t], gate[ref[t]], dim=-1)
         patches = computed[t, prefix:]
-        assert torch.equal(patches, sim[prefix:] < tau)  # exactly the changed patches run
+        assert torch.equal(patches, dilated(sim[prefix:] < tau, halo, side))  # exactly the changed patches (+ halo) run
         assert patches.float().mean() <= share + 1e-6
         if prefix:
             assert bool(computed[t, 0]) == bool(patches.any())  # CLS runs when anything changed
+
+
+def test_the_halo_decides_alike_in_any_row_order():
+    """Qwen's towers hold a temporal patch's rows in merge-group / window order: given each row's raster index, the
+    halo marks the same patches as on the raster grid."""
+    g = torch.Generator().manual_seed(3)
+    gate = torch.randn(1, 48, 8, generator=g).repeat(5, 1, 1)
+    gate[1:, [5, 27, 47]] += 3 * torch.randn(4, 3, 8, generator=g)  # a few patches change, one at the corner
+    rows = torch.randperm(48, generator=g)  # row i holds raster patch rows[i]
+    ref, raster = reuse.schedule(gate, 0.9, 0, 0.9, 1, (6, 8))
+    ref2, held = reuse.schedule(gate[:, rows], 0.9, 0, 0.9, 1, (6, 8), rows)
+    assert torch.equal(ref, ref2) and torch.equal(held, raster[:, rows])
+    assert int(raster[1].sum()) == 4 + 6 + 9  # corner 47: 2 x 2; 5 (top edge): 2 x 3; 27 (inside): 3 x 3
+    with pytest.raises(ValueError, match="halo"):
+        reuse.schedule(torch.randn(2, 5, 4), 0.9, 0, 0.5, 1)  # 5 patches: no square grid to spread on
+
+
+def test_halo_zero_is_the_token_alone_and_a_halo_computes_more_and_stays_exact_on_repeats(model):
+    frames = clip(9)[0]
+    frames[1:, :, :28, :28] = frames[0, :, :28, :28]  # one corner of the frames repeats
+    _, alone = reuse.encode(tower(model), frames, reuse.ReuseConfig(tau=0.9, key_share=1.0))
+    _, wide = reuse.encode(tower(model), frames, reuse.ReuseConfig(tau=0.9, key_share=1.0, halo=1))
+    side = 8
+    for t in range(1, 4):
+        assert torch.equal(wide[t], dilated(alone[t], 1, side))
+    hs, computed = reuse.encode(tower(model), frames[:1].repeat(4, 1, 1, 1), reuse.ReuseConfig(halo=2))
+    assert not computed[1:].any()
+    for got, want in zip(hs, stock_states(model, frames[:1].repeat(4, 1, 1, 1)[None][0])):
+        assert torch.equal(got, want)

@@ -33,7 +33,7 @@ def tower_out(model, kw, cfg=None, computed=None):
         if cfg is None:
             out, plan = visual(pv, grid_thw=thw), None
         else:
-            with reuse_blocks(visual, cfg, int(thw[0, 0]), computed) as plan:
+            with reuse_blocks(visual, cfg, tuple(thw[0].tolist()), computed) as plan:
                 out = visual(pv, grid_thw=thw)
     deep = list(getattr(out, "deepstack_features", None) or [])
     return [out.last_hidden_state, out.pooler_output, *deep], plan
@@ -148,3 +148,28 @@ def test_bad_options_are_one_line_errors(spec, match):
     assert "\n" not in str(info.value) and "forward" not in model.__dict__
     with pytest.raises(ValueError, match="encoder= and chunk_frames="):
         apply(model, "tango", 0.1, encoder="reuse", chunk_frames=2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_halo_spreads_on_the_image_grid(family):
+    """One patch of temporal patch 1 changed (at its row in the processor's merge-group order): halo 1 computes its
+    3 x 3 square on the image, read back through the tower's row order (Qwen2.5-VL's windows)."""
+    from tango_prune.encoders.reuse_qwen import tower_rows
+
+    model = model_of(family)
+    visual = model.model.visual
+    kw = repeated(inputs(family, 5, t=2), 2)
+    _, h, w = kw["video_grid_thw"][0].tolist()
+    m = visual.spatial_merge_size
+    proc = torch.arange(h * w).view(h // m, m, w // m, m).permute(0, 2, 1, 3).flatten()
+    r, c = h // 2, w // 2
+    pv = kw["pixel_values_videos"].clone()
+    at = h * w + int((proc == r * w + c).nonzero())
+    pv[at] = 100 * torch.randn(pv.shape[1], generator=torch.Generator().manual_seed(6))
+    # tiny towers' patch embeddings hardly move with their input: a row 100 times larger and tau just below 1
+    _, plan = tower_out(model, dict(kw, pixel_values_videos=pv), ReuseConfig(tau=0.9999, gate_layer=0, halo=1, key_share=1.0))
+    raster = torch.zeros(h * w, dtype=torch.bool)
+    raster[tower_rows(visual, h, w)] = plan.computed[1]
+    want = torch.zeros(h, w, dtype=torch.bool)
+    want[r - 1:r + 2, c - 1:c + 2] = True
+    assert torch.equal(raster, want.flatten())

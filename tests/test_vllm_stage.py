@@ -80,6 +80,10 @@ def test_llava_repeated_frames_and_tau_1_give_the_stock_tower(llava):
     assert tau1["diff"] == 0.0 and tau1["keys"] == 4, tau1
 
 
+def test_llava_halo_computes_the_square_around_a_change(llava):
+    assert llava["tower"]["halo"] == {"square": True, "computed": 9, "others": 0}, llava["tower"]["halo"]
+
+
 def test_llava_computed_rows_are_the_stock_layer_on_the_composite(llava):
     c = llava["tower"]["composite"]
     assert c["rows"] == 32 and len(c["layer_rel_diff"]) >= 2 and max(c["layer_rel_diff"]) <= 1e-6, c
@@ -113,6 +117,14 @@ def test_computed_rows_are_the_stock_block_on_the_composite(runs, family):
     c = runs(family)["tower"]["composite"]
     assert c["rows"] == 128 and len(c["block_rel_diff"]) >= 2, c
     assert max(c["block_rel_diff"]) <= 1e-6 and c["q_diff"] <= 1e-6 and c["k_diff"] <= 1e-6, c
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_halo_spreads_on_the_image_grid(runs, family):
+    """One changed patch with halo 1 computes its 3 x 3 square on the image, whatever order the tower holds rows in
+    (Qwen2.5-VL's windows); the unchanged temporal patches compute nothing."""
+    got = runs(family)["tower"]["halo"]
+    assert got == {"square": True, "computed": 9, "others": 0}, got
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -10,6 +10,9 @@ On vLLM's own tower modules (``LLM.apply_model``), every block past the gate sta
   * ``composite``: a given pattern (half of temporal patch 1's rows computed): at every block, the computed rows'
     outputs, and at the last block their queries and keys, against the stock block run on the composite temporal
     patch (the key's input at reused positions, the rows' own at computed ones), per block (max |diff|);
+  * ``halo``: one patch of temporal patch 1 changed (picked on the raster grid, placed at its row in the processor's
+    merge-group order): with halo 1 the schedule computes its 3 x 3 square, read back to the raster grid through
+    the tower's row order (Qwen2.5-VL's windows), i.e. the halo spreads on the image, not on the row list;
   * ``batch``: two videos of two sizes through the plugin's ``_process_video_input`` at once = each alone (rows and
     saliency, max |diff|).
 Through the engine (greedy, 4 tokens, top-5 log-probs): a repeated-frames video with the stage = without it (the
@@ -96,6 +99,24 @@ def tower_checks(model) -> dict:
         out["composite"] = {"block_rel_diff": per_block, "rows": int(rows.numel()),
                             "q_diff": diff(q[N:][rows], cap["q"][0][0][rows]),
                             "k_diff": diff(k[N:][rows], cap["k"][0][0][rows])}
+
+        from tango_prune.integrations.vllm.encoder_stage import tower_rows
+
+        m = visual.spatial_merge_size
+        proc = torch.arange(N).view(h // m, m, w // m, m).permute(0, 2, 1, 3).flatten()  # the processor's row order
+        r, c = 5, 9
+        moved = rand[:N].repeat(t, 1)
+        at = int((proc == r * w + c).nonzero())
+        moved[N + at] = 100 * rand[2 * N + at]
+        # the tiny towers' patch embeddings hardly move with their input (cosine 0.99993 for a new random row): a row
+        # 100 times larger, and tau just below 1, tell the changed row (identical rows have cosine 1) from the rest
+        _, plan = tower(moved, ReuseConfig(tau=0.9999, gate_layer=0, halo=1, key_share=1.0))
+        raster = torch.zeros(N, dtype=torch.bool)
+        raster[tower_rows(visual, h, w)] = plan.computed[1].cpu()
+        want = torch.zeros(h, w, dtype=torch.bool)
+        want[r - 1:r + 2, c - 1:c + 2] = True
+        out["halo"] = {"square": bool(torch.equal(raster, want.flatten())), "computed": int(raster.sum()),
+                       "others": int(plan.computed[2:].sum())}
 
         # two videos of two sizes in one call = each alone (the plugin's own entry point, the stage from the env)
         small = (2, 8, 8)

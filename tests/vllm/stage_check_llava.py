@@ -60,8 +60,17 @@ def tower_checks(model) -> dict:
         stage, plan = run(frames, ReuseConfig(tau=1.0, gate_layer=0))
         out["tau1"] = {"diff": diff(stage, run(frames)[0]), "keys": int(plan.key.numel())}
 
+        side = tiny_llava.SIDE // 14
+        moved = rep.clone()  # one 14 x 14 patch of frame 1 changed: halo 1 computes its 3 x 3 square
+        moved[1, :, 2 * 14:3 * 14, 4 * 14:5 * 14] = frames[1, :, 2 * 14:3 * 14, 4 * 14:5 * 14]
+        _, plan = run(moved, ReuseConfig(tau=0.95, gate_layer=0, halo=1, key_share=1.0))
+        want = torch.zeros(side, side, dtype=torch.bool)
+        want[1:4, 3:6] = True
+        out["halo"] = {"square": bool(torch.equal(plan.computed[1].cpu(), want.flatten())),
+                       "computed": int(plan.computed[1].sum()), "others": int(plan.computed[2:].sum())}
+
         two = frames[:2]
-        N = (tiny_llava.SIDE // 14) ** 2
+        N = side ** 2
         given = torch.ones(2, N, dtype=torch.bool)
         given[1] = torch.arange(N) % 2 == 0
         seen = []

@@ -34,11 +34,14 @@ from torch import Tensor
 class ReuseConfig:
     """tau: cosine similarity at the gate at or above which a token is reused; gate_layer: blocks every token runs
     before the gate (0 compares the patch embeddings, i.e. pixels); key_share: a frame in which more than this
-    share of the patch tokens changed is computed whole and becomes the reference of the frames after it."""
+    share of the patch tokens changed is computed whole and becomes the reference of the frames after it; halo: a
+    token is reused only if no token within ``halo`` patches of it (a (2 halo + 1)^2 square) changed: the edges of a
+    change are computed too (0: each token on its own)."""
 
     tau: float = 0.95
     gate_layer: int = 2
     key_share: float = 0.5
+    halo: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not -1.0 <= float(self.tau) <= 1.0:
@@ -47,6 +50,8 @@ class ReuseConfig:
             raise ValueError(f"encoder gate_layer must be an int >= 0 (blocks before the gate), got {self.gate_layer!r}")
         if not 0.0 <= float(self.key_share) <= 1.0:
             raise ValueError(f"encoder key_share must be in [0, 1], got {self.key_share!r}")
+        if isinstance(self.halo, bool) or not isinstance(self.halo, int) or self.halo < 0:
+            raise ValueError(f"encoder halo must be an int >= 0 (patches around a changed one also computed), got {self.halo!r}")
 
 
 ENCODERS = ("reuse",)
@@ -67,7 +72,7 @@ def resolve_encoder(spec) -> ReuseConfig | None:
             if not eq or key not in _FIELDS:
                 raise ValueError(f"encoder options are {', '.join(_FIELDS)} (key=value), got {item!r} in {spec!r}")
             try:
-                kw[key] = int(val) if key == "gate_layer" else float(val)
+                kw[key] = int(val) if key in ("gate_layer", "halo") else float(val)
             except ValueError:
                 raise ValueError(f"encoder option {key} takes a number, got {val!r}") from None
         return ReuseConfig(**kw)
@@ -129,17 +134,44 @@ def gate_states(tower, pixels: Tensor, gate_layer: int) -> list[Tensor]:
     return hs
 
 
-def schedule(gate: Tensor, tau: float, prefix: int, key_share: float) -> tuple[Tensor, Tensor]:
+def spread(change: Tensor, halo: int, grid: tuple[int, int], rows: Tensor | None = None) -> Tensor:
+    """(P,) changed patches -> those and every patch within ``halo`` patches of one (a square around it). ``grid``:
+    the (h, w) patch grid; ``rows``: the raster index of each of the P positions where a tower holds them in another
+    order (Qwen's merge groups and windows), None where they are in raster order."""
+    h, w = grid
+    if change.numel() != h * w:
+        raise ValueError(f"encoder halo: {change.numel()} patches do not fill a {h} x {w} grid")
+    raster = change if rows is None else change.new_zeros(h * w).index_copy(0, rows.to(change.device), change)
+    wide = F.max_pool2d(raster.view(1, 1, h, w).float(), 2 * halo + 1, stride=1, padding=halo).view(-1) > 0
+    return wide if rows is None else wide[rows.to(change.device)]
+
+
+def square(n: int) -> tuple[int, int]:
+    """The (side, side) grid of a tower that sees square frames (SigLIP, CLIP, DINOv2 after resizing)."""
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise ValueError(f"encoder halo needs the frame's patch grid: {n} patches are not a square; use halo=0")
+    return side, side
+
+
+def schedule(gate: Tensor, tau: float, prefix: int, key_share: float, halo: int = 0,
+             grid: tuple[int, int] | None = None, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Which frame each frame refers to, and which of its tokens run past the gate. gate: (T, N, D) states at the
-    gate. Frame 0 is a key frame; a later frame compares with its key frame's gate states, and becomes a key frame
-    itself when more than ``key_share`` of its tokens changed. Returns ref (T,) (a key frame refers to itself) and
-    computed (T, N) bool (all True on key frames; prefix tokens run whenever any patch token does)."""
+    gate. Frame 0 is a key frame; a later frame compares with its key frame's gate states (a token changed: cosine
+    below ``tau``, or, with ``halo``, a changed token within ``halo`` patches on the ``grid``, see ``spread``), and
+    becomes a key frame itself when more than ``key_share`` of its tokens changed. Returns ref (T,) (a key frame
+    refers to itself) and computed (T, N) bool (all True on key frames; prefix tokens run whenever any patch token
+    does)."""
     T, N, _ = gate.shape
+    if halo and grid is None:
+        grid = square(N - prefix)
     ref = torch.zeros(T, dtype=torch.long)
     computed = torch.ones(T, N, dtype=torch.bool, device=gate.device)
     key = 0
     for t in range(1, T):  # over frames, each step vectorised over tokens: the key can change at any frame
         change = F.cosine_similarity(gate[t].float(), gate[key].float(), dim=-1) < tau
+        if halo:
+            change[prefix:] = spread(change[prefix:], halo, grid, rows)
         change[:prefix] = bool(change[prefix:].any())
         if change[prefix:].float().mean() > key_share:
             key = t
@@ -180,7 +212,8 @@ def encode(tower, pixels: Tensor, cfg: ReuseConfig, keep: set[int] | None = None
     T, N, D = gate.shape
     prefix = _prefix(tower)
     if computed is None:
-        ref, computed = schedule(gate, cfg.tau, prefix, cfg.key_share)
+        grid = tuple(d // _patch(tower) for d in pixels.shape[-2:]) if cfg.halo else None
+        ref, computed = schedule(gate, cfg.tau, prefix, cfg.key_share, cfg.halo, grid)
     else:
         ref, computed = _given(computed, T, N, prefix, gate.device)
     key = (ref == torch.arange(T)).nonzero().squeeze(1)
@@ -222,6 +255,11 @@ def _given(computed: Tensor, T: int, N: int, prefix: int, device) -> tuple[Tenso
         key = t if bool(c[t].all()) else key
         ref[t] = key
     return ref, c
+
+
+def _patch(tower) -> int:
+    cfg = getattr(tower, "config", None)
+    return int(getattr(cfg, "patch_size", None) or tower.embeddings.patch_size)
 
 
 def _prefix(tower) -> int:

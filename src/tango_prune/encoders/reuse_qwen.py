@@ -32,8 +32,10 @@ from .reuse import ReuseConfig, schedule
 class StagePlan:
     """One tower call's schedule: decided at the gate from the states there, read by every later block."""
 
-    def __init__(self, cfg: ReuseConfig, frames: int, computed: Tensor | None = None) -> None:
+    def __init__(self, cfg: ReuseConfig, frames: int, computed: Tensor | None = None,
+                 grid: tuple[int, int] | None = None, rows: Tensor | None = None) -> None:
         self.cfg, self.T, self.given = cfg, frames, computed
+        self.grid, self.rows = grid, rows  # the patch grid and each row's raster index, for the halo
         self.computed: Tensor | None = None
 
     def decide(self, gate: Tensor) -> None:
@@ -46,7 +48,7 @@ class StagePlan:
             c[0] = True
             ref = torch.cummax(torch.where(c.all(1).cpu(), torch.arange(T), 0), 0).values
         else:
-            ref, c = schedule(gate.view(T, N, -1), self.cfg.tau, 0, self.cfg.key_share)
+            ref, c = schedule(gate.view(T, N, -1), self.cfg.tau, 0, self.cfg.key_share, self.cfg.halo, self.grid, self.rows)
         self.N, self.ref, self.computed = N, ref, c.to(gate.device)
         ar = torch.arange(T)
         self.key = (ref == ar).nonzero().squeeze(1)
@@ -141,12 +143,13 @@ class _StageBlock(nn.Module):
 
 
 @contextmanager
-def reuse_blocks(visual: nn.Module, cfg: ReuseConfig, frames: int, computed: Tensor | None = None):
-    """Within the block, ``visual`` (a Qwen tower) runs one video of ``frames`` temporal patches with the stage; the
-    yielded plan's ``computed`` ((frames, patches) bool: the tokens that ran past the gate) is set by the call.
-    ``computed`` given replaces the gate's decision (the speed benchmark's measured pattern)."""
+def reuse_blocks(visual: nn.Module, cfg: ReuseConfig, grid: tuple[int, int, int], computed: Tensor | None = None):
+    """Within the block, ``visual`` (a Qwen tower) runs one video of ``grid`` (temporal patches, h, w) with the
+    stage; the yielded plan's ``computed`` ((frames, patches) bool: the tokens that ran past the gate) is set by the
+    call. ``computed`` given replaces the gate's decision (the speed benchmark's measured pattern)."""
     rotary = sys.modules[type(visual).__module__].apply_rotary_pos_emb_vision  # the tower's own helper
-    plan = StagePlan(cfg, frames, computed)
+    t, h, w = grid
+    plan = StagePlan(cfg, t, computed, (h, w), tower_rows(visual, h, w) if cfg.halo else None)
     stock = visual.blocks
     visual.blocks = nn.ModuleList(_StageBlock(b, i, plan, rotary) for i, b in enumerate(stock))
     try:

@@ -137,7 +137,7 @@ class QwenVLHandle(PruneHandle):
         visual = self.model.model.visual
         parts, row = [], 0
         for t, h, w in thw.tolist():
-            with reuse_blocks(visual, self.encoder, t, self.reuse_pattern(t, h, w)) as plan:
+            with reuse_blocks(visual, self.encoder, (t, h, w), self.reuse_pattern(t, h, w)) as plan:
                 parts.append(self._tower(pv[row : row + t * h * w], thw.new_tensor([[t, h, w]]), ctx))
             share = 1.0 if plan.computed is None else float(plan.computed.float().mean())
             ctx.setdefault("encoder_computed", []).append(share)

@@ -79,8 +79,9 @@ class AgreedPlan(StagePlan):
     """A schedule every tensor-parallel rank decides alike: from the gate states all-reduced (and divided by the
     world size), as the saliency is, so that every rank reuses the same tokens."""
 
-    def __init__(self, cfg: ReuseConfig, frames: int, tp: int, computed: Tensor | None = None) -> None:
-        super().__init__(cfg, frames, computed)
+    def __init__(self, cfg: ReuseConfig, frames: int, tp: int, computed: Tensor | None = None,
+                 grid: tuple[int, int] | None = None, rows: Tensor | None = None) -> None:
+        super().__init__(cfg, frames, computed, grid, rows)
         self.tp = tp
 
     def decide(self, gate: Tensor) -> None:
@@ -108,14 +109,15 @@ class VllmStagePlan(AgreedPlan):
 
     def __init__(self, cfg: ReuseConfig, visual: nn.Module, grid: tuple[int, int, int], tp: int,
                  computed: Tensor | None = None) -> None:
-        super().__init__(cfg, grid[0], tp, computed)
-        self.visual, self.grid = visual, grid
+        t, h, w = grid
+        super().__init__(cfg, t, tp, computed, (h, w), tower_rows(visual, h, w) if cfg.halo else None)
+        self.visual, self.thw = visual, grid
         self.depth = len(visual.blocks)
         self.qk: tuple[Tensor, Tensor] | None = None  # the last block's (rows, heads, d) queries and keys
 
     def decide(self, gate: Tensor) -> None:
         super().decide(gate)
-        _, h, w = self.grid
+        _, h, w = self.thw
         dev = gate.device
         self.meta = self.visual.prepare_encoder_metadata([[int(self.key.numel()), h, w]], device=dev)
         self.full = set(getattr(self.visual, "fullatt_block_indexes", range(self.depth)))

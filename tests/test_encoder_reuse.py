@@ -63,7 +63,7 @@ def test_partial_rows_equal_the_stock_block_on_the_composite_frame(model):
     moved = key.clone()
     moved[:, :40, :40] = torch.randn(3, 40, 40, generator=torch.Generator().manual_seed(3))
     frames = torch.stack([key, moved])
-    cfg = reuse.ReuseConfig(tau=0.999, gate_layer=1, key_share=0.9)
+    cfg = reuse.ReuseConfig(tau=0.999, gate_layer=1, key_share=0.9, halo=0)  # the tiny 8 x 8 grid: a halo would cover it
     out, computed = reuse.encode(tw, frames, cfg)
     rows = computed[1]
     assert 0 < rows.sum() < rows.numel()  # a partial frame, not a key frame
@@ -182,7 +182,7 @@ def test_the_halo_decides_alike_in_any_row_order():
 def test_halo_zero_is_the_token_alone_and_a_halo_computes_more_and_stays_exact_on_repeats(model):
     frames = clip(9)[0]
     frames[1:, :, :28, :28] = frames[0, :, :28, :28]  # one corner of the frames repeats
-    _, alone = reuse.encode(tower(model), frames, reuse.ReuseConfig(tau=0.9, key_share=1.0))
+    _, alone = reuse.encode(tower(model), frames, reuse.ReuseConfig(tau=0.9, key_share=1.0, halo=0))
     _, wide = reuse.encode(tower(model), frames, reuse.ReuseConfig(tau=0.9, key_share=1.0, halo=1))
     side = 8
     for t in range(1, 4):

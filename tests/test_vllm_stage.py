@@ -24,9 +24,9 @@ from tests.vllm_helpers import SCRIPTS, RunCache
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 RATE = 0.9
-# random frames share little: gate after block 0, tau 0.5, and no patch promoted to key, so the engine's own requests
-# compute rows beside reused ones (the tower checks set their own schedules)
-OPTIONS = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0}}'
+# random frames share little: gate after block 0, tau 0.5, each token alone (no halo), no patch promoted to key: the
+# engine's own requests compute rows beside reused ones (the tower checks set their own schedules)
+OPTIONS = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0, "halo": 0}}'
 
 
 @pytest.fixture(scope="module")

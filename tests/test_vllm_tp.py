@@ -61,7 +61,7 @@ def bind_two_cores() -> str:
 # time: the ranks must all-reduce each chunk's saliency alike and close the stream's windows alike)
 # "stage" = TANGO_PRUNE_OPTIONS encoder (Qwen2.5-VL: window layers, fused norm): the computed rows' attention and MLP
 # on each rank's heads, the ranks' schedules decided on all-reduced gate states
-STAGE = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0}}'
+STAGE = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0, "halo": 0}}'
 RUNS = [(f, tp, None) for f in FAMILIES for tp in (1, 2)] + [("qwen2_5_vl", 2, "data")] + \
     [("qwen3_vl", tp, "chunked") for tp in (1, 2)] + [("qwen2_5_vl", tp, "stage") for tp in (1, 2)]
 CASES = [(f, None) for f in FAMILIES] + [("qwen3_vl", "chunked"), ("qwen2_5_vl", "stage")]

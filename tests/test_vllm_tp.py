@@ -59,12 +59,13 @@ def bind_two_cores() -> str:
 
 # variants: "data" = mm_encoder_tp_mode data; "chunked" = TANGO_PRUNE_OPTIONS chunk_frames 2 (the tower a chunk at a
 # time: the ranks must all-reduce each chunk's saliency alike and close the stream's windows alike)
-# "stage" = TANGO_PRUNE_OPTIONS encoder (Qwen2.5-VL: window layers, fused norm): the computed rows' attention and MLP
-# on each rank's heads, the ranks' schedules decided on all-reduced gate states
+# "stage" = TANGO_PRUNE_OPTIONS encoder (Qwen2.5-VL: window layers, fused norm; LLaVA-OV's SigLIP): the computed rows'
+# attention and MLP on each rank's heads, the ranks' schedules decided on all-reduced gate states
 STAGE = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0, "halo": 0}}'
+STAGED = ["qwen2_5_vl", "llava_ov"]  # the two stage modules: vLLM's Qwen blocks, LLaVA-OV's SigLIP layers
 RUNS = [(f, tp, None) for f in FAMILIES for tp in (1, 2)] + [("qwen2_5_vl", 2, "data")] + \
-    [("qwen3_vl", tp, "chunked") for tp in (1, 2)] + [("qwen2_5_vl", tp, "stage") for tp in (1, 2)]
-CASES = [(f, None) for f in FAMILIES] + [("qwen3_vl", "chunked"), ("qwen2_5_vl", "stage")]
+    [("qwen3_vl", tp, "chunked") for tp in (1, 2)] + [(f, tp, "stage") for f in STAGED for tp in (1, 2)]
+CASES = [(f, None) for f in FAMILIES] + [("qwen3_vl", "chunked")] + [(f, "stage") for f in STAGED]
 
 
 @pytest.fixture(scope="module")
@@ -196,18 +197,19 @@ def test_tp2_keeps_tp1_tokens(runs, family, variant):
         assert torch.equal(ranks[1][grid]["saliency"], ranks[0][grid]["saliency"]), f"grid {grid}: ranks scored differently"
 
 
-def test_encoder_stage_decides_alike_on_both_ranks(runs):
+@pytest.mark.parametrize("family", STAGED)
+def test_encoder_stage_decides_alike_on_both_ranks(runs, family):
     """The encoder stage under tp 2: each rank logs, per video, the share of tokens computed past the gate and the
-    key temporal patches; both ranks' schedules equal tp 1's, and some rows were computed beside reused ones (the
-    partial path ran on each rank's heads)."""
+    key temporal patches (frames); both ranks' schedules equal tp 1's, and some rows were computed beside reused ones
+    (the partial path ran on each rank's heads)."""
     def stages(log: str) -> dict[int, list[tuple[str, str]]]:
         out: dict[int, list] = defaultdict(list)
-        for m in re.finditer(r"\((?:Worker_TP(\d+) |[A-Za-z]+ )?pid=\d+\).*encoder stage: (\S+ x \S+ x \S+) video, (\S+) of its "
-                             r"tokens computed past the gate, (\d+) key", log):
+        for m in re.finditer(r"\((?:Worker_TP(\d+) |[A-Za-z]+ )?pid=\d+\).*encoder stage: (\S+ x \S+ x \S+ video|\d+ frames), "
+                             r"(\S+) of (?:its|their) tokens computed past the gate, (\d+) key", log):
             out[int(m[1] or 0)].append((m[2], m[3], m[4]))
         return dict(out)
 
-    one, two = stages(runs("qwen2_5_vl", 1, "stage")["log"]), stages(runs("qwen2_5_vl", 2, "stage")["log"])
+    one, two = stages(runs(family, 1, "stage")["log"]), stages(runs(family, 2, "stage")["log"])
     assert len(one[0]) >= N and sorted(two) == [0, 1], (one, two)
     assert two[0] == two[1] == one[0], (one, two)
     assert any(0 < float(share) < 1 for _, share, _ in two[0]), two[0]

@@ -59,10 +59,11 @@ def bind_two_cores() -> str:
 
 # variants: "data" = mm_encoder_tp_mode data; "chunked" = TANGO_PRUNE_OPTIONS chunk_frames 2 (the tower a chunk at a
 # time: the ranks must all-reduce each chunk's saliency alike and close the stream's windows alike)
-# "stage" = TANGO_PRUNE_OPTIONS encoder (Qwen2.5-VL: window layers, fused norm; LLaVA-OV's SigLIP): the computed rows'
+# "stage" = TANGO_PRUNE_OPTIONS encoder (Qwen2.5-VL: window layers, fused norm; Qwen3-VL: deepstack taps; LLaVA-OV's
+# SigLIP; +5 s to this file's 120 s on a 2-core AMD EPYC, the runs sharing its pool): the computed rows'
 # attention and MLP on each rank's heads, the ranks' schedules decided on all-reduced gate states
 STAGE = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0, "halo": 0}}'
-STAGED = ["qwen2_5_vl", "llava_ov"]  # the two stage modules: vLLM's Qwen blocks, LLaVA-OV's SigLIP layers
+STAGED = ["qwen2_5_vl", "qwen3_vl", "llava_ov"]  # vLLM's Qwen blocks (window layers + fused norm; deepstack taps), LLaVA-OV's SigLIP layers
 RUNS = [(f, tp, None) for f in FAMILIES for tp in (1, 2)] + [("qwen2_5_vl", 2, "data")] + \
     [("qwen3_vl", tp, "chunked") for tp in (1, 2)] + [(f, tp, "stage") for f in STAGED for tp in (1, 2)]
 CASES = [(f, None) for f in FAMILIES] + [("qwen3_vl", "chunked")] + [(f, "stage") for f in STAGED]

@@ -7,11 +7,12 @@ could serve (the first ask, or the same request with fresh media ids): prompt id
 log-probs. Before the fix (issue 35), a Qwen3-VL video asked again got the positions vLLM numbers for an unpruned
 layout after the cached video, and answers changed (here: `again`, `chat`, hits after the video, `together`,
 image + video, two videos, the long video); two videos in one Qwen2.5-VL prompt killed the engine.
-~6 min on 2 CPU cores.
+Qwen3-VL also with the encoder stage on (tango+stage): asked again, one video twice in a batch, every shape.
 """
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -33,7 +34,14 @@ SHAPES = ["image", "image+video", "two videos", "one frame", "long video"]
 KEEP_ALL = {"qwen2_5_vl": "shapes,slow"}
 # Qwen3.5 (bfloat16 on CPU, the slowest engine) skips the aborted-copy scenario: where its hits end is vLLM's choice
 TANGO_SCENARIOS = {"qwen3_5": "again,chat,together,shapes"}
-RUNS = [(f, "tango", TANGO_SCENARIOS.get(f)) for f in FAMILIES] + \
+# Tango with the encoder stage (TANGO_PRUNE_OPTIONS encoder; Qwen3-VL, deepstack taps): random frames share little,
+# so the gate decides after block 0 at tau 0.5, each token alone, as tests/test_vllm_stage.py does, and the engine's
+# requests compute rows beside reused ones (asserted from its log)
+STAGE = "tango+stage"
+STAGE_OPTIONS = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0, "halo": 0}}'
+STAGE_SCENARIOS = "again,together,shapes"
+TANGO = [(f, "tango") for f in FAMILIES] + [("qwen3_vl", STAGE)]
+RUNS = [(f, "tango", TANGO_SCENARIOS.get(f)) for f in FAMILIES] + [("qwen3_vl", STAGE, STAGE_SCENARIOS)] + \
     [(f, m, s) for f, s in KEEP_ALL.items() for m in ("none", "stock")]
 
 
@@ -53,7 +61,10 @@ def runs(vllm_ckpts, tmp_path_factory):
         args += [] if scenarios is None else ["--scenarios", scenarios]
         args += [] if method == "stock" else ["--rate", str(RATE)]
         args += ["--dtype", "bfloat16"] if scenarios and "slow" in scenarios else []
-        cache.start(key, args, {"VLLM_PLUGINS": ""} if method == "stock" else {"TANGO_PRUNE_METHOD": method}, 900)
+        env = {"VLLM_PLUGINS": ""} if method == "stock" else {"TANGO_PRUNE_METHOD": method}
+        if method == STAGE:
+            env = {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": STAGE_OPTIONS}
+        cache.start(key, args, env, 900)
         return key
 
     for run in RUNS:
@@ -61,6 +72,8 @@ def runs(vllm_ckpts, tmp_path_factory):
     def get(family: str, method: str, scenarios: str | None = None) -> dict:
         if method == "tango" and scenarios is None:
             scenarios = TANGO_SCENARIOS.get(family)
+        if method == STAGE and scenarios is None:
+            scenarios = STAGE_SCENARIOS
         return cache.get(start(family, method, scenarios))
 
     return get
@@ -106,9 +119,9 @@ def test_prefix_caching_is_on_as_vllm_defaults_it(runs, family):
     assert runs(family, "tango")["prefix_caching"][0]["enabled"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_the_same_request_again_gets_the_same_answer(runs, ckpts, family):
-    first, *later = runs(family, "tango")["again"]
+@pytest.mark.parametrize("family, method", TANGO)
+def test_the_same_request_again_gets_the_same_answer(runs, ckpts, family, method):
+    first, *later = runs(family, method)["again"]
     _, end = media_span(family, first, ckpts[family])
     assert first["cached"] <= end < min(x["cached"] for x in later), "the repeats must hit the cache past the video"
     assert not sum((same(x, first, family, x["name"]) for x in later), [])
@@ -134,9 +147,9 @@ def test_cache_hits_ending_before_inside_and_after_the_video(runs, ckpts, family
     assert not sum((same(h, ref, family, f"{h['name']} (hit {h['cached']})") for h in hits), [])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_one_video_twice_in_a_batch(runs, family):
-    rows = {r["name"]: r for r in runs(family, "tango")["together"]}
+@pytest.mark.parametrize("family, method", TANGO)
+def test_one_video_twice_in_a_batch(runs, family, method):
+    rows = {r["name"]: r for r in runs(family, method)["together"]}
     diffs = same(rows["together 0"], rows["alone 0"], family, "first copy") + \
         same(rows["together 2"], rows["alone 0"], family, "second copy") + \
         same(rows["together 1"], rows["alone 1"], family, "other video") + \
@@ -144,19 +157,28 @@ def test_one_video_twice_in_a_batch(runs, family):
     assert not diffs
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family, method", TANGO)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_request_shapes_asked_twice(runs, family, shape):
+def test_request_shapes_asked_twice(runs, family, method, shape):
     """Each shape is served alike on the first ask, again (cache hit) and with fresh media ids; or refused alike
     (Qwen's processors take no one-frame video: stock vLLM's own ValueError, raised before the engine step), and
     the engine answers the next request."""
-    res = runs(family, "tango")
+    res = runs(family, method)
     first, again, fresh = res[f"shape: {shape}"]
     assert not same(again, first, family, "again") + same(fresh, first, family, "fresh ids")
     if "error" in first:
         assert shape == "one frame" and family != "llava_ov", first["error"]
         assert "temporal_factor" in first["error"]
     assert "error" not in res["shape: long video"][0]  # asked after every other shape: the engine still answers
+
+
+def test_the_stage_ran_on_the_served_requests(runs):
+    """The tango+stage engine's own requests went through the stage, with rows computed beside reused ones (its log
+    line per video), on each video size it was asked: the answers above were the stage's, not Tango's alone."""
+    log = runs("qwen3_vl", STAGE)["log"]
+    shares = re.findall(r"encoder stage: (\S+ x \S+ x \S+) video, (\S+) of its tokens computed", log)
+    assert len({grid for grid, _ in shares}) >= 3, shares
+    assert any(0 < float(share) < 1 for _, share in shares), shares
 
 
 @pytest.mark.parametrize("family", list(KEEP_ALL))

@@ -146,8 +146,6 @@ def test_bad_options_are_one_line_errors(spec, match):
     with pytest.raises(ValueError, match=match) as info:
         apply(model, "tango", 0.1, encoder=spec)
     assert "\n" not in str(info.value) and "forward" not in model.__dict__
-    with pytest.raises(ValueError, match="encoder= and chunk_frames="):
-        apply(model, "tango", 0.1, encoder="reuse", chunk_frames=2)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

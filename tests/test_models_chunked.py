@@ -149,8 +149,6 @@ def test_bad_chunk_options_are_one_line_errors():
             apply(model, "tango", 0.1, chunk_frames=bad)
     with pytest.raises(ValueError, match="method 'fastvid' needs the whole video"):
         apply(model, "fastvid", 0.1, chunk_frames=4)
-    with pytest.raises(ValueError, match="encoder= and chunk_frames="):
-        apply(model, "tango", 0.1, chunk_frames=4, encoder="reuse")
     with pytest.raises(ValueError, match="brief_frames is not supported with chunk_frames"):
         apply(model, "tango", 0.1, chunk_frames=4, brief_frames=2)
     with pytest.raises(ValueError, match="max_carry must be a positive"):

@@ -27,6 +27,8 @@ RATE = 0.9
 # random frames share little: gate after block 0, tau 0.5, each token alone (no halo), no patch promoted to key: the
 # engine's own requests compute rows beside reused ones (the tower checks set their own schedules)
 OPTIONS = '{"encoder": {"tau": 0.5, "gate_layer": 1, "key_share": 1.0, "halo": 0}}'
+# with chunk_frames 2 (temporal patches): a non-key patch reuses nearly all it can (tau 0), no patch promoted to a key
+CHUNKED = '{"encoder": {"tau": 0.0, "gate_layer": 1, "key_share": 1.0, "halo": 0}, "chunk_frames": 2}'
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +62,19 @@ def runs(vllm_ckpts, tmp_path_factory):
                               "--json", cache.out("bench")])
         return "bench"
 
+    def key_chunked() -> str:  # Qwen3-VL (deepstack levels ride along the stream) with chunk_frames
+        cache.start("chunked", [SCRIPTS / "stage_chunked_check.py", "--family", "qwen3_vl", "--model",
+                                vllm_ckpts["qwen3_vl"], "--out", cache.out("chunked"), "--rate", str(RATE)],
+                    {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": CHUNKED})
+        return "chunked"
+
     for f in FAMILIES:
         key(f)
     key_llava()
     key_bench()
-    return lambda family: cache.get({"llava_ov": key_llava, "bench": key_bench}.get(family, lambda: key(family))())
+    key_chunked()
+    keys = {"llava_ov": key_llava, "bench": key_bench, "chunked": key_chunked}
+    return lambda family: cache.get(keys.get(family, lambda: key(family))())
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +165,26 @@ def test_served_video_asked_twice_gets_the_same_answer(runs, family):
     assert shares and all(0 < s < 1 for s in shares), shares
 
 
+def test_chunked_stage_starts_each_chunk_at_a_key(runs):
+    """Long videos in bounded memory with the stage (Qwen3-VL, chunk_frames 2): each chunk is its own stage call
+    whose first temporal patch is a key. Frames alike within each chunk and different across chunks answer exactly
+    as the chunked stock tower does (the stage switched off on the model), each chunk logging half its tokens
+    computed; a random video asked again gets its first answer."""
+    res = runs("chunked")
+    same_answer(res["blocks"], res["blocks_off"])
+    same_answer(res["random"], res["random_again"])
+    shares = [float(s) for s in re.findall(r"encoder stage: 2 x 16 x 16 video, (\S+) of its tokens computed", res["log"])]
+    assert len(shares) >= 8 and not re.search(r"encoder stage: 8 x", res["log"]), shares  # per chunk, never whole
+    assert shares[:4] == [0.5] * 4, shares  # the blocks video: each chunk's key patch only
+    assert any(0.5 < s < 1 for s in shares[4:]), shares  # the random one: rows computed beside reused ones
+
+
 def test_bad_encoder_options_stop_startup_in_one_line():
     from tango_prune.integrations.vllm.settings import read_settings
 
     for opts, needle in [('{"encoder": "nope"}', "encoder='nope' is invalid"),
                          ('{"encoder": {"tau": 2}}', "tau must be a cosine similarity"),
-                         ('{"encoder": "reuse", "chunk_frames": 4}', "encoder and chunk_frames"),
+                         ('{"encoder": "reuse", "encoder_pattern": "p.pt", "chunk_frames": 4}', "encoder_pattern and chunk_frames"),
                          ('{"encoder_pattern": "p.pt"}', "encoder_pattern without encoder")]:
         with pytest.raises(ValueError, match=needle) as info:
             read_settings({"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": opts})

@@ -136,8 +136,21 @@ def tower_checks(model) -> dict:
     return out
 
 
+def ask_fn(llm, meta):
+    """ask(frames, media id) -> the request's prompt ids, 4 greedy tokens and the first token's top-5 log-probs."""
+    from vllm import SamplingParams
+
+    def ask(frames, uuid: str) -> dict:
+        prompt = {"prompt": PROMPT, "multi_modal_data": {"video": (frames, meta)}, "multi_modal_uuids": {"video": [uuid]}}
+        out = llm.generate(prompt, SamplingParams(max_tokens=4, temperature=0.0, logprobs=5), use_tqdm=False)[0]
+        top = sorted(((lp.logprob, tok) for tok, lp in out.outputs[0].logprobs[0].items()), reverse=True)[:5]
+        return {"prompt_token_ids": list(out.prompt_token_ids), "generated": list(out.outputs[0].token_ids),
+                "top5": [[t, lp] for lp, t in top]}
+    return ask
+
+
 def main() -> None:
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     args = check_parser(["qwen2_5_vl", "qwen3_vl", "qwen3_5"]).parse_args()
     llm = LLM(model=args.model, enforce_eager=True, max_model_len=1024, dtype=DTYPE.get(args.family, "float32"), seed=0, max_num_seqs=1,
@@ -146,13 +159,7 @@ def main() -> None:
     frames, meta = video(args.family)
     repeated = np.repeat(frames[:1], len(frames), axis=0)
 
-    def ask(frames, uuid: str) -> dict:
-        prompt = {"prompt": PROMPT, "multi_modal_data": {"video": (frames, meta)}, "multi_modal_uuids": {"video": [uuid]}}
-        out = llm.generate(prompt, SamplingParams(max_tokens=4, temperature=0.0, logprobs=5), use_tqdm=False)[0]
-        top = sorted(((lp.logprob, tok) for tok, lp in out.outputs[0].logprobs[0].items()), reverse=True)[:5]
-        return {"prompt_token_ids": list(out.prompt_token_ids), "generated": list(out.outputs[0].token_ids),
-                "top5": [[t, lp] for lp, t in top]}
-
+    ask = ask_fn(llm, meta)
     result["repeated"] = ask(repeated, "rep-stage")
     result["random"] = ask(frames, "random")
     result["random_again"] = ask(frames, "random")

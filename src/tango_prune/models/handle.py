@@ -277,3 +277,13 @@ class PruneHandle:
             return full
         out.sequences = full
         return out
+
+
+def merge_chunk_shares(ctx: dict, start: int, sizes: list[int]) -> None:
+    """The encoder stage under ``chunk_frames`` logs one computed share per chunk (from ``ctx["encoder_computed"]
+    [start:]``); a video's share is their mean weighted by the chunks' frames, as ``last_stats`` reports per video."""
+    shares = ctx.get("encoder_computed", [])[start:]
+    if not shares:
+        return
+    del ctx["encoder_computed"][start:]
+    ctx["encoder_computed"].append(sum(a * n for a, n in zip(shares, sizes)) / sum(sizes))

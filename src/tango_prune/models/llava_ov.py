@@ -17,7 +17,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..types import Pruned, VideoTokens
-from .handle import PruneHandle, VideoShape, timed
+from .handle import PruneHandle, VideoShape, merge_chunk_shares, timed
 from .sequence import Compacted, original_positions
 from .saliency import attention_received, cls_attention, hook_qk, load_siglip_head, map_head_attention, qk_from_hook
 
@@ -66,9 +66,6 @@ class LlavaOnevisionHandle(PruneHandle):
             self.head = load_siglip_head(siglip_head, p.dtype, p.device)
         self.sinks_given = "sink_indices" in method_opts
         handle_opts = {k: method_opts.pop(k) for k in ("chunk_frames", "max_carry") if k in method_opts}
-        if encoder is not None and handle_opts.get("chunk_frames"):
-            raise ValueError("encoder= and chunk_frames= together are not supported: the encoder stage refers "
-                             "frames to key frames of the whole video; drop one of them")
         self.method_opts = method_opts  # the method's own options (llm_stage is the handle's)
         super().__init__(model, method, retention, llm_stage=llm_stage, **handle_opts, **method_opts)
         self._pruners: dict = {}
@@ -104,11 +101,16 @@ class LlavaOnevisionHandle(PruneHandle):
         for b, clip in enumerate(clips):
             stream, seconds, src = self.stream((h, w)), 0.0, ""
             ts = None if times is None else torch.as_tensor(times[b], dtype=torch.float32)
+            start, sizes = len(ctx.get("encoder_computed", [])), []
             for s in range(0, clip.shape[0], self.chunk_frames):
+                # with the encoder stage each chunk is its own stage call: its first frame is a key frame, and only
+                # one chunk's states are ever held
                 f, sal, src = self._encode_frames(clip[s : s + self.chunk_frames], layer, strategy, ctx)
+                sizes.append(f.shape[0])
                 t = time.perf_counter()
                 stream.push(VideoTokens(f, sal, (f.shape[0], h, w), None if ts is None else ts[s : s + f.shape[0]]))
                 seconds += time.perf_counter() - t
+            merge_chunk_shares(ctx, start, sizes)
             t = time.perf_counter()
             kept.append(stream.finish())
             ctx["prune_s"].append(seconds + time.perf_counter() - t)

@@ -25,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..core.carry import carry
 from ..core.saliency import global_query
 from ..types import Pruned, VideoTokens
-from .handle import PruneHandle, VideoShape, timed
+from .handle import PruneHandle, VideoShape, merge_chunk_shares, timed
 from .sequence import Compacted, kept_sources
 
 
@@ -37,9 +37,6 @@ class QwenVLHandle(PruneHandle):
         from ..encoders.reuse import resolve_encoder
 
         self.encoder = resolve_encoder(encoder)  # the encoder stage (encoders/reuse_qwen.py); None: the stock tower
-        if self.encoder is not None and method_opts.get("chunk_frames"):
-            raise ValueError("encoder= and chunk_frames= together are not supported: the encoder stage refers "
-                             "temporal patches to key patches of the whole video; drop one of them")
         if positions != "original":
             raise ValueError(f"positions={positions!r}: Qwen's kept tokens always keep their M-RoPE positions; "
                              "leave positions out (or pass 'original')")
@@ -78,15 +75,21 @@ class QwenVLHandle(PruneHandle):
             hh, ww = h // m, w // m
             stream, seconds, source = self.stream((hh, ww)), 0.0, ""
             ts = video_times(v, t, times, spt)
+            start, sizes = len(ctx.get("encoder_computed", [])), []
+            # with the encoder stage each chunk is its own stage call: its first temporal patch is a key, and only
+            # one chunk's states are ever held
+            tower = self._tower if self.encoder is None else self._tower_reuse
             for s in range(0, t, c):
                 n = min(c, t - s)
                 part = pv[row + s * h * w : row + (s + n) * h * w]
                 grid = torch.tensor([[n, h, w]], dtype=thw.dtype, device=thw.device)
-                feats, deep, sal, source = self._tower(part, grid, ctx)
+                feats, deep, sal, source = tower(part, grid, ctx)
+                sizes.append(n)
                 tic = time.perf_counter()
                 stream.push(VideoTokens(feats.view(n, hh * ww, -1), None if sal is None else sal.view(n, hh * ww),
                                         (n, hh, ww), None if ts is None else ts[s : s + n]), extras=deep or ())
                 seconds += time.perf_counter() - tic
+            merge_chunk_shares(ctx, start, sizes)
             tic = time.perf_counter()
             kept.append(stream.finish())
             ctx["prune_s"].append(seconds + time.perf_counter() - tic)

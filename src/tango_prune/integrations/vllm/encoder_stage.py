@@ -52,27 +52,34 @@ def encode_staged(model, video_input, reason: str | None) -> tuple[tuple[Tensor,
     """``_process_video_input`` with the stage: each video alone through vLLM's tower (``model._tango_tower`` on a
     one-video sub-input) inside ``stage_blocks``. Returns each video's rows and saliency (None: no saliency)."""
     grid, pixels = video_input["video_grid_thw"], video_input["pixel_values_videos"]
-    cfg, pattern = model._tango_encoder, getattr(model, "_tango_encoder_pattern", None)
-    tp = tp_size(model.visual.blocks[-1].attn)
     out, sal, row = [], [], 0
     for t, h, w in grid.tolist():
         sub = {"type": "pixel_values_videos", "pixel_values_videos": pixels[row:row + t * h * w],
                "video_grid_thw": grid.new_tensor([[t, h, w]])}
-        given = None
-        if pattern:
-            raster = torch.load(pattern).bool()
-            if tuple(raster.shape) != (t, h * w):
-                raise ValueError(f"tango-prune: encoder_pattern is {tuple(raster.shape)}, the video ({t}, {h * w})")
-            given = raster[:, tower_rows(model.visual, h, w)].to(pixels.device)
-        with stage_blocks(model.visual, cfg, (t, h, w), tp, given) as plan:
-            (emb,), s = model._tango_tower(sub, reason, plan)
-        share = 1.0 if plan.computed is None else float(plan.computed.float().mean())
-        _logger().info("tango-prune: encoder stage: %d x %d x %d video, %.4f of its tokens computed past the gate, "
-                       "%d key temporal patches", t, h, w, share, plan.T if plan.computed is None else plan.key.numel())
+        (emb,), s = staged_tower(model, sub, reason)
         out.append(emb)
         sal.append(None if s is None else s[0])
         row += t * h * w
     return tuple(out), None if any(s is None for s in sal) else sal
+
+
+def staged_tower(model, sub: dict, reason: str | None) -> tuple[tuple[Tensor], list[Tensor] | None]:
+    """One video (or, under ``chunk_frames``, one chunk of it: its first temporal patch a key) through vLLM's tower
+    with the stage: ``model._tango_tower``'s output, its computed share logged."""
+    cfg, pattern = model._tango_encoder, getattr(model, "_tango_encoder_pattern", None)
+    t, h, w = sub["video_grid_thw"][0].tolist()
+    given = None
+    if pattern:
+        raster = torch.load(pattern).bool()
+        if tuple(raster.shape) != (t, h * w):
+            raise ValueError(f"tango-prune: encoder_pattern is {tuple(raster.shape)}, the video ({t}, {h * w})")
+        given = raster[:, tower_rows(model.visual, h, w)].to(sub["pixel_values_videos"].device)
+    with stage_blocks(model.visual, cfg, (t, h, w), tp_size(model.visual.blocks[-1].attn), given) as plan:
+        out = model._tango_tower(sub, reason, plan)
+    share = 1.0 if plan.computed is None else float(plan.computed.float().mean())
+    _logger().info("tango-prune: encoder stage: %d x %d x %d video, %.4f of its tokens computed past the gate, "
+                   "%d key temporal patches", t, h, w, share, plan.T if plan.computed is None else plan.key.numel())
+    return out
 
 
 class AgreedPlan(StagePlan):

@@ -145,7 +145,9 @@ class TangoLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         c = self.tango_prune_settings.chunk_frames
         stream, seen = None, [] if debug_dir() else None
         for s in range(0, frames.shape[0], c):
-            feats, sal = self._tango_encode(frames[s:s + c])
+            # with the encoder stage each chunk is its own stage call (its first frame a key frame)
+            feats, sal = self._tango_encode(frames[s:s + c]) if self._tango_encoder is None \
+                else self._tango_encode_staged([frames[s:s + c]])
             side = math.isqrt(feats.shape[1])
             if stream is None:
                 stream = self._tango_settings((side, side)).make_stream(self._tango_retention)

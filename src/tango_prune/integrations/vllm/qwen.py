@@ -41,7 +41,7 @@ from ...models.qwen_vl import patch_times
 from . import positions
 from .qk_capture import capture_qk
 from .debug_dump import debug_dir, dump, dump_chunks
-from .encoder_stage import check_stage, encode_staged
+from .encoder_stage import check_stage, encode_staged, staged_tower
 from .runtime import active_settings, announce, log_once, log_saliency
 from .vllm_names import require_attrs, tp_size
 from .settings import kept_count, make_pruner, read_settings
@@ -109,7 +109,8 @@ class _TangoVideoPruning:
             reason = "data-parallel vision tower"
         elif self._tango_compiled_tower:
             reason = "compile_mm_encoder: the vision tower is compiled"
-        if self._tango_encoder is not None and video_input["type"] == "pixel_values_videos":
+        if self._tango_encoder is not None and video_input["type"] == "pixel_values_videos" \
+                and not self.tango_prune_settings.chunk_frames:
             out, self._tango_pending = encode_staged(self, video_input, reason)
             return out
         if self.tango_prune_settings.chunk_frames:
@@ -168,7 +169,9 @@ class _TangoVideoPruning:
                 n = min(c, t - s)
                 sub = {"type": "pixel_values_videos", "pixel_values_videos": pixels[row + s * h * w:row + (s + n) * h * w],
                        "video_grid_thw": grid.new_tensor([[n, h, w]])}
-                (emb,), sal = self._tango_tower(sub, reason)
+                # with the encoder stage each chunk is its own stage call (its first temporal patch a key)
+                (emb,), sal = self._tango_tower(sub, reason) if self._tango_encoder is None \
+                    else staged_tower(self, sub, reason)
                 chunk = VideoTokens(emb[:, :main].reshape(n, hh * ww, -1), None if sal is None else sal[0].to(emb.device),
                                     (n, hh, ww), times[s:s + n])
                 stream.push(chunk, extras=(emb[:, main:],) if emb.shape[1] > main else ())

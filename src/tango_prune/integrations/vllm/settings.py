@@ -136,9 +136,9 @@ def read_settings(environ: Mapping[str, str] = os.environ) -> Settings | None:
         raise _fail(f"{OPTIONS_VAR} sets max_carry without chunk_frames; add chunk_frames or drop max_carry")
     if "chunk_frames" in options and options.get("brief_frames"):
         raise _fail(f"{OPTIONS_VAR}: brief_frames is not supported with chunk_frames; drop one of them")
-    if "encoder" in options and "chunk_frames" in options:
-        raise _fail(f"{OPTIONS_VAR} sets encoder and chunk_frames: the encoder stage refers temporal patches to key "
-                    f"patches of the whole video; drop one of them")
+    if "encoder_pattern" in options and "chunk_frames" in options:  # a whole video's raster; chunks are parts of it
+        raise _fail(f"{OPTIONS_VAR} sets encoder_pattern and chunk_frames (the pattern is the whole video's); drop "
+                    f"one of them")
     if "encoder_pattern" in options and "encoder" not in options:
         raise _fail(f"{OPTIONS_VAR} sets encoder_pattern without encoder; add encoder or drop encoder_pattern")
     settings = Settings(method, options)

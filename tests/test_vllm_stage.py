@@ -68,12 +68,20 @@ def runs(vllm_ckpts, tmp_path_factory):
                     {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": CHUNKED})
         return "chunked"
 
+    def key_llava_chunked() -> str:
+        cache.start("llava_chunked", [SCRIPTS / "stage_check_llava.py", vllm_ckpts["llava_ov"],
+                                      cache.out("llava_chunked"), "chunked"],
+                    # check_llava.py quiets vLLM to WARNING; the stage's per-chunk lines are INFO
+                    {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": CHUNKED, "VLLM_LOGGING_LEVEL": "INFO"})
+        return "llava_chunked"
+
     for f in FAMILIES:
         key(f)
     key_llava()
     key_bench()
     key_chunked()
-    keys = {"llava_ov": key_llava, "bench": key_bench, "chunked": key_chunked}
+    key_llava_chunked()
+    keys = {"llava_ov": key_llava, "bench": key_bench, "chunked": key_chunked, "llava_chunked": key_llava_chunked}
     return lambda family: cache.get(keys.get(family, lambda: key(family))())
 
 
@@ -177,6 +185,18 @@ def test_chunked_stage_starts_each_chunk_at_a_key(runs):
     assert len(shares) >= 8 and not re.search(r"encoder stage: 8 x", res["log"]), shares  # per chunk, never whole
     assert shares[:4] == [0.5] * 4, shares  # the blocks video: each chunk's key patch only
     assert any(0.5 < s < 1 for s in shares[4:]), shares  # the random one: rows computed beside reused ones
+
+
+def test_llava_chunked_stage_starts_each_chunk_at_a_key_frame(runs):
+    """LLaVA-OV's SigLIP with chunk_frames 2: the same as above with a frame for a temporal patch."""
+    res = runs("llava_chunked")
+    assert res["repeated"]["prompt_ids"] == res["repeated_off"]["prompt_ids"]
+    assert res["repeated"]["top5"] == res["repeated_off"]["top5"]
+    assert res["random"] == res["random_again"]
+    shares = [float(s) for s in re.findall(r"encoder stage: 2 frames, (\S+) of their tokens computed", res["log"])]
+    n = len(shares) // 2  # the repeated video's chunks, then the random one's
+    assert n >= 2 and not re.search(r"encoder stage: (?!2 frames)\d+ frames", res["log"]), shares
+    assert shares[:n] == [0.5] * n and any(0.5 < s < 1 for s in shares[n:]), shares
 
 
 def test_bad_encoder_options_stop_startup_in_one_line():

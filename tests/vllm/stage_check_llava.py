@@ -2,12 +2,13 @@
 in one engine on the tiny checkpoint (vLLM venv; the caller sets TANGO_PRUNE_METHOD=tango and TANGO_PRUNE_OPTIONS
 with an ``encoder``):
 
-    python tests/vllm/stage_check_llava.py DIR OUT.json
+    python tests/vllm/stage_check_llava.py DIR OUT.json [chunked]
 
 The same checks as tests/vllm/stage_check.py (Qwen) with a frame for a temporal patch: on vLLM's own tower modules
 (every layer past the gate staged): repeated frames = the stock tower, tau 1 = stock, the computed rows = vLLM's stock
 layer on the composite frame at every layer, two videos of two lengths through the plugin's ``_process_video_pixels``
 at once = each alone; through the engine: repeated frames with the stage = without it, a video asked twice.
+``chunked`` (the caller adds chunk_frames 2): the engine asks only, the frames repeated within each chunk.
 """
 from __future__ import annotations
 
@@ -101,10 +102,12 @@ def main() -> None:
     from vllm import SamplingParams
 
     ckpt, dest = sys.argv[1], Path(sys.argv[2])
+    chunked = sys.argv[3:] == ["chunked"]  # TANGO_PRUNE_OPTIONS has chunk_frames 2: no tower checks (they run unchunked)
     llm = engine(ckpt)
-    result = {"tower": llm.apply_model(tower_checks)[0]}
+    result = {} if chunked else {"tower": llm.apply_model(tower_checks)[0]}
     video = tiny_llava.video()
-    repeated = np.repeat(video[:1], len(video), axis=0)
+    # chunked: frames alike within each chunk of 2, different across chunks (each chunk's first frame must be a key)
+    repeated = np.repeat(video[::2], 2, axis=0)[:len(video)] if chunked else np.repeat(video[:1], len(video), axis=0)
 
     def ask(frames, uuid: str) -> dict:
         prompt = {"prompt": tiny_llava.PROMPT, "multi_modal_data": {"video": frames},

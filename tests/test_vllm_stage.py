@@ -63,8 +63,8 @@ def runs(vllm_ckpts, tmp_path_factory):
         return "bench"
 
     def key_chunked() -> str:  # Qwen3-VL (deepstack levels ride along the stream) with chunk_frames
-        cache.start("chunked", [SCRIPTS / "stage_chunked_check.py", "--family", "qwen3_vl", "--model",
-                                vllm_ckpts["qwen3_vl"], "--out", cache.out("chunked"), "--rate", str(RATE)],
+        cache.start("chunked", [SCRIPTS / "stage_check.py", "--family", "qwen3_vl", "--model", vllm_ckpts["qwen3_vl"],
+                                "--out", cache.out("chunked"), "--rate", str(RATE), "--chunked"],
                     {"TANGO_PRUNE_METHOD": "tango", "TANGO_PRUNE_OPTIONS": CHUNKED})
         return "chunked"
 
@@ -179,11 +179,11 @@ def test_chunked_stage_starts_each_chunk_at_a_key(runs):
     as the chunked stock tower does (the stage switched off on the model), each chunk logging half its tokens
     computed; a random video asked again gets its first answer."""
     res = runs("chunked")
-    same_answer(res["blocks"], res["blocks_off"])
+    same_answer(res["repeated"], res["repeated_off"])
     same_answer(res["random"], res["random_again"])
     shares = [float(s) for s in re.findall(r"encoder stage: 2 x 16 x 16 video, (\S+) of its tokens computed", res["log"])]
     assert len(shares) >= 8 and not re.search(r"encoder stage: 8 x", res["log"]), shares  # per chunk, never whole
-    assert shares[:4] == [0.5] * 4, shares  # the blocks video: each chunk's key patch only
+    assert shares[:4] == [0.5] * 4, shares  # the video repeated within chunks: each chunk's key patch only
     assert any(0.5 < s < 1 for s in shares[4:]), shares  # the random one: rows computed beside reused ones
 
 

@@ -17,6 +17,7 @@ On vLLM's own tower modules (``LLM.apply_model``), every block past the gate sta
     saliency, max |diff|).
 Through the engine (greedy, 4 tokens, top-5 log-probs): a repeated-frames video with the stage = without it (the
 stage switched off on the model, the same frames under a new media id), and a random video asked twice.
+``--chunked`` (the caller adds chunk_frames 2): the engine asks only, the frames repeated within each chunk of 4.
 """
 from __future__ import annotations
 
@@ -152,12 +153,16 @@ def ask_fn(llm, meta):
 def main() -> None:
     from vllm import LLM
 
-    args = check_parser(["qwen2_5_vl", "qwen3_vl", "qwen3_5"]).parse_args()
+    ap = check_parser(["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
+    # the caller adds chunk_frames 2 (4 frames a chunk): no tower checks (they run unchunked); the frames repeat within
+    # each chunk and differ across chunks (each chunk's first temporal patch must be a key)
+    ap.add_argument("--chunked", action="store_true")
+    args = ap.parse_args()
     llm = LLM(model=args.model, enforce_eager=True, max_model_len=1024, dtype=DTYPE.get(args.family, "float32"), seed=0, max_num_seqs=1,
               limit_mm_per_prompt={"video": 1, "image": 0}, video_pruning_rate=args.rate)
-    result = {"tower": llm.apply_model(tower_checks)[0]}
+    result = {} if args.chunked else {"tower": llm.apply_model(tower_checks)[0]}
     frames, meta = video(args.family)
-    repeated = np.repeat(frames[:1], len(frames), axis=0)
+    repeated = np.repeat(frames[::4], 4, axis=0) if args.chunked else np.repeat(frames[:1], len(frames), axis=0)
 
     ask = ask_fn(llm, meta)
     result["repeated"] = ask(repeated, "rep-stage")

@@ -109,15 +109,14 @@ class _TangoVideoPruning:
             reason = "data-parallel vision tower"
         elif self._tango_compiled_tower:
             reason = "compile_mm_encoder: the vision tower is compiled"
-        if self._tango_encoder is not None and video_input["type"] == "pixel_values_videos" \
-                and not self.tango_prune_settings.chunk_frames:
-            out, self._tango_pending = encode_staged(self, video_input, reason)
-            return out
-        if self.tango_prune_settings.chunk_frames:
+        if self.tango_prune_settings.chunk_frames:  # with the encoder stage too: each chunk is then a stage call
             if video_input["type"] == "pixel_values_videos":
                 return self._tango_encode_chunked(video_input, reason)
             log_once("chunk-embeds", "tango-prune: chunk_frames has no tower to chunk for videos given as "
                      "precomputed embeddings: pruned whole", level=logging.WARNING)
+        if self._tango_encoder is not None and video_input["type"] == "pixel_values_videos":
+            out, self._tango_pending = encode_staged(self, video_input, reason)
+            return out
         out, self._tango_pending = self._tango_tower(video_input, reason)
         return out
 
@@ -169,9 +168,8 @@ class _TangoVideoPruning:
                 n = min(c, t - s)
                 sub = {"type": "pixel_values_videos", "pixel_values_videos": pixels[row + s * h * w:row + (s + n) * h * w],
                        "video_grid_thw": grid.new_tensor([[n, h, w]])}
-                # with the encoder stage each chunk is its own stage call (its first temporal patch a key)
-                (emb,), sal = self._tango_tower(sub, reason) if self._tango_encoder is None \
-                    else staged_tower(self, sub, reason)
+                staged = self._tango_encoder is not None  # the stage: the chunk's first temporal patch is a key
+                (emb,), sal = staged_tower(self, sub, reason) if staged else self._tango_tower(sub, reason)
                 chunk = VideoTokens(emb[:, :main].reshape(n, hh * ww, -1), None if sal is None else sal[0].to(emb.device),
                                     (n, hh, ww), times[s:s + n])
                 stream.push(chunk, extras=(emb[:, main:],) if emb.shape[1] > main else ())

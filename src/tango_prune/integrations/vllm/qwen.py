@@ -158,6 +158,7 @@ class _TangoVideoPruning:
         grid, pixels = video_input["video_grid_thw"], video_input["pixel_values_videos"]
         m, c = self.visual.spatial_merge_size, self.tango_prune_settings.chunk_frames
         main = self._tango_main_width()
+        staged = self._tango_encoder is not None  # the encoder stage: each chunk's first temporal patch is a key
         out, self._tango_chunked, row = [], [], 0
         for v, (t, h, w) in enumerate(grid.tolist()):
             stream = self.tango_prune_settings.make_stream(self._tango_retention)
@@ -168,7 +169,6 @@ class _TangoVideoPruning:
                 n = min(c, t - s)
                 sub = {"type": "pixel_values_videos", "pixel_values_videos": pixels[row + s * h * w:row + (s + n) * h * w],
                        "video_grid_thw": grid.new_tensor([[n, h, w]])}
-                staged = self._tango_encoder is not None  # the stage: the chunk's first temporal patch is a key
                 (emb,), sal = staged_tower(self, sub, reason) if staged else self._tango_tower(sub, reason)
                 chunk = VideoTokens(emb[:, :main].reshape(n, hh * ww, -1), None if sal is None else sal[0].to(emb.device),
                                     (n, hh, ww), times[s:s + n])
